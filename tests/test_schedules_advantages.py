@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from agentrl.advantages import grpo_advantages
+from agentrl.errors import ConfigError
+from agentrl.schedules import SCHEDULE_SHAPES, p_schedule
+
+
+@pytest.mark.parametrize(
+    "shape, mid",
+    [
+        ("constant", 2.0),  # stays at p_start
+        ("linear", 0.0),  # 2 + (−4)·0.5
+        ("cosine", 0.0),  # f(0.5) = (1 − cos(π/2))/2 = 0.5
+        ("power", 1.0),  # f(0.5) = 0.25 → 2 − 1
+        ("cubic", 0.0),  # f(0.5) = (1 + 0)/2
+    ],
+)
+def test_schedule_start_middle_end(shape, mid):
+    assert p_schedule(shape, 0, 10, 2.0, -2.0) == pytest.approx(2.0)
+    assert p_schedule(shape, 5, 10, 2.0, -2.0) == pytest.approx(mid)
+    end = 2.0 if shape == "constant" else -2.0
+    assert p_schedule(shape, 10, 10, 2.0, -2.0) == pytest.approx(end)
+    assert p_schedule(shape, 99, 10, 2.0, -2.0) == pytest.approx(end)  # progress clamped
+
+
+def test_schedule_quarter_points():
+    assert p_schedule("cosine", 1, 4, 1.0, -1.0) == pytest.approx(1 - 2 * (1 - math.cos(math.pi / 4)) / 2)
+    assert p_schedule("cubic", 1, 4, 0.0, 1.0) == pytest.approx((1 + (-0.5) ** 3) / 2)
+    assert p_schedule("power", 1, 4, 0.0, 1.0, power=3) == pytest.approx(0.25**3)
+    assert set(SCHEDULE_SHAPES) == {"constant", "linear", "cosine", "power", "cubic"}
+
+
+def test_schedule_rejects_bad_input():
+    with pytest.raises(ConfigError, match="did you mean 'linear'"):
+        p_schedule("linear_dec", 0, 10, 1, -1)
+    with pytest.raises(ConfigError, match="total_steps"):
+        p_schedule("linear", 0, 0, 1, -1)
+    with pytest.raises(ConfigError, match="finite"):
+        p_schedule("linear", 0, 10, float("inf"), -1)
+
+
+def test_grpo_advantages_groups():
+    rewards = torch.tensor([1.0, 0.0, 1.0, 5.0, 5.0, 3.0])
+    groups = ["a", "a", "a", "b", "b", "c"]
+    adv = grpo_advantages(rewards, groups)
+    # group a: mean 2/3, unbiased std = √(1/3) → (1 − 2/3)/0.57735 = 0.57735, (0 − 2/3)/0.57735 = −1.1547
+    assert adv[:3].tolist() == pytest.approx([0.57735, -1.1547, 0.57735], rel=1e-4)
+    assert adv[3:5].tolist() == [0.0, 0.0]  # equal rewards
+    assert adv[5].item() == 0.0  # a group of one
+    no_std = grpo_advantages(rewards, groups, std_normalize=False)
+    assert no_std[:3].tolist() == pytest.approx([1 / 3, -2 / 3, 1 / 3])
+
+
+def test_grpo_advantages_episode_statistics():
+    # window mode: episode 0 (reward 1) has 3 step-rows, episode 1 (reward 0) has 1 row.
+    rewards = torch.tensor([1.0, 1.0, 1.0, 0.0])
+    groups = ["g"] * 4
+    by_rows = grpo_advantages(rewards, groups, std_normalize=False)
+    by_episodes = grpo_advantages(rewards, groups, std_normalize=False, episode_ids=[0, 0, 0, 1])
+    assert by_rows.tolist() == pytest.approx([0.25, 0.25, 0.25, -0.75])  # row mean 0.75
+    assert by_episodes.tolist() == pytest.approx([0.5, 0.5, 0.5, -0.5])  # episode mean 0.5
