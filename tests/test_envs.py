@@ -1,0 +1,156 @@
+"""Env contract, registry errors, math grading, TextWorld with generated games, bad-input fuzzing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from gymnasium.utils.env_checker import check_env
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import envs
+from agentrl.errors import ConfigError
+from envs.agents import OracleAgent, RandomAdmissibleAgent, run_panel
+from envs.prompting import AgentPromptFormat, HistoryItem
+
+TW_MAKE = Path(sys.executable).parent / "tw-make"
+
+
+@pytest.fixture(scope="session")
+def tw_games(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("twgames")
+    for seed in (1, 2):
+        subprocess.run(
+            [str(TW_MAKE), "custom", "--world-size", "3", "--nb-objects", "5", "--quest-length", "3",
+             "--seed", str(seed), "--output", str(out / f"game{seed}.z8"), "-f", "--silent"],
+            check=True, timeout=120,
+        )  # fmt: skip
+    return out
+
+
+def env_kwargs(env_id: str, tw_games: Path, alfworld_games: Path | None = None) -> dict:
+    return {
+        "agentrl/TextWorld-v0": {"games": str(tw_games)},
+        "agentrl/ALFWorld-v0": {"data_path": str(alfworld_games), "split": "train"},
+    }.get(env_id, {})
+
+
+@pytest.mark.parametrize("env_id", ["agentrl/CueBandit-v0", "agentrl/Math-v0", "agentrl/TextWorld-v0"])
+def test_check_env(env_id, tw_games):
+    env = envs.make_env(env_id, **env_kwargs(env_id, tw_games))
+    check_env(env, skip_render_check=True)
+    obs, info = env.reset(seed=3)
+    assert {"task", "admissible_actions", "task_type", "instance", "won"} <= set(info)
+    again, info2 = env.reset(seed=3)
+    assert (obs, info["instance"]) == (again, info2["instance"])  # reproducible from the seed
+    obs_i, info_i = env.reset(options={"instance": 1})
+    assert env.reset(options={"instance": 1})[1]["instance"] == info_i["instance"]
+
+
+def test_unknown_id_and_missing_dependency(monkeypatch):
+    with pytest.raises(ConfigError, match="did you mean 'agentrl/Math-v0'"):
+        envs.make_env("agentrl/Math-v1")
+    real = envs.importlib.util.find_spec
+    monkeypatch.setattr(envs.importlib.util, "find_spec", lambda n: None if n == "textworld" else real(n))
+    with pytest.raises(ConfigError, match=r"pip install 'agentrl\[alfworld\]'"):
+        envs.make_env("agentrl/TextWorld-v0", games="x")
+
+
+def test_math_rewards_first_50_math500_references(shared_data):
+    env = envs.make_env("agentrl/Math-v0", data_path=str(shared_data / "math500.jsonl"))
+    assert env.num_instances == 500
+    result = run_panel(env, OracleAgent(), range(50), max_steps=1)
+    assert result.success == 1.0, [e for e in result.episodes if not e["won"]]
+
+
+def test_math_grading_cases(shared_data):
+    rows = [json.loads(x) for x in (shared_data / "math500.jsonl").read_text().splitlines()]
+    idx = next(i for i, r in enumerate(rows) if r["answer"] == "\\frac{14}{3}")
+    env = envs.make_env("agentrl/Math-v0", data_path=str(shared_data / "math500.jsonl"))
+
+    def reward(i, reply):
+        env.reset(options={"instance": i})
+        return env.step(reply)
+
+    assert reward(idx, "so \\boxed{\\dfrac{14}{3}}")[1] == 1.0
+    assert reward(idx, "so \\boxed{4.67}")[1] == 0.0
+    assert reward(idx, "\\boxed{1} then \\boxed{\\frac{14}{3}}")[1] == 1.0  # the last box counts
+    _, r, term, _, info = reward(idx, "\\boxed{\\frac{14}{")  # malformed LaTeX
+    assert r == 0.0 and term and info["won"] is False
+    _, r, _, _, info = reward(idx, "x" * 100_000)
+    assert r == 0.0 and info["verify_error"]
+    gsm = envs.make_env("agentrl/Math-v0", data_path=str(shared_data / "gsm8k_test.jsonl"))
+    gsm.reset(options={"instance": 0})
+    final = json.loads((shared_data / "gsm8k_test.jsonl").read_text().splitlines()[0])["final"]
+    assert gsm.step(f"The answer is {final}.")[1] == 1.0  # fallback without a box
+    gsm.reset(options={"instance": 0})
+    assert gsm.step(f"The answer is {int(final) + 1}.")[1] == 0.0
+
+
+def test_textworld_oracle_wins_every_game_and_random_is_lower(tw_games):
+    env = envs.make_env("agentrl/TextWorld-v0", games=str(tw_games))
+    oracle = run_panel(env, OracleAgent(), range(env.num_instances))
+    assert oracle.success == 1.0
+    random_runs = [
+        run_panel(env, RandomAdmissibleAgent(seed=s), range(env.num_instances), max_steps=5) for s in range(3)
+    ]
+    random_success = sum(r.success for r in random_runs) / 3
+    assert random_success < oracle.success
+    print(f"TextWorld: oracle {oracle.success:.2f}, random admissible (5 steps) {random_success:.2f}")
+
+
+def test_cuebandit_oracle_and_random():
+    env = envs.make_env("agentrl/CueBandit-v0", turns=2)
+    assert run_panel(env, OracleAgent(), range(20)).success == 1.0
+    rnd = run_panel(env, RandomAdmissibleAgent(seed=0), range(64)).success
+    assert rnd < 0.3  # chance is 1/16 for two turns of four choices
+
+
+BAD_ACTIONS = ["", "x" * 100_000, "\ud800\udfff broken surrogates", "\x00\x01\x1b[31m control", "take the moon"]
+
+
+@pytest.mark.parametrize("env_id", ["agentrl/CueBandit-v0", "agentrl/Math-v0", "agentrl/TextWorld-v0"])
+@pytest.mark.parametrize("action", BAD_ACTIONS)
+def test_bad_actions_are_normal_steps(env_id, action, tw_games):
+    env = envs.make_env(env_id, **env_kwargs(env_id, tw_games))
+    env.reset(options={"instance": 0})
+    obs, reward, terminated, truncated, info = env.step(action)
+    assert isinstance(obs, str) and info["won"] is False and reward <= 0.0
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(action=st.text(max_size=300))
+def test_fuzz_cuebandit_and_textworld(action, tw_games):
+    for env_id in ("agentrl/CueBandit-v0", "agentrl/TextWorld-v0"):
+        env = _cached_env(env_id, tw_games)
+        env.reset(options={"instance": 0})
+        obs, reward, *_, info = env.step(action)
+        assert isinstance(obs, str) and isinstance(info["won"], bool)
+
+
+_ENV_CACHE: dict = {}
+
+
+def _cached_env(env_id, tw_games):
+    if env_id not in _ENV_CACHE:
+        _ENV_CACHE[env_id] = envs.make_env(env_id, **env_kwargs(env_id, tw_games))
+    return _ENV_CACHE[env_id]
+
+
+def test_agent_prompt_format_render_and_parse():
+    fmt = AgentPromptFormat(environment="a household", history_length=2)
+    history = [HistoryItem(f"obs{i}", f"act{i}") for i in range(3)]
+    messages = fmt.render("put a mug in the sink", history, "You see a mug.", ["take mug", "look"])
+    user = messages[-1]["content"]
+    assert "obs0" not in user and "obs1" in user and "act2" in user  # only the last 2 pairs
+    assert "[take mug, look]" in user and "You see a mug." in user
+    assert fmt.parse("<think>hm</think><action> take  mug </action>") == ("take mug", True)
+    assert fmt.parse("take mug")[1] is False
+    assert fmt.parse("<action>a</action><action>b</action>")[1] is False
+    assert fmt.parse("<action></action>")[1] is False
+    assert fmt.parse("<action>" + "x" * 500 + "</action>")[1] is False
+    assert AgentPromptFormat(require_think=True).parse("<action>look</action>")[1] is False

@@ -1,0 +1,96 @@
+"""EnvPool failure paths, for real: killed workers, hangs past the timeout, raising envs, clean shutdown."""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import pytest
+
+from envs.pool import EnvPool, env_factory
+from tests.faulty_env import FaultyEnv
+
+
+@pytest.fixture
+def pool():
+    p = EnvPool(functools.partial(FaultyEnv), num_workers=2, timeout_s=3)
+    yield p
+    p.close()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is not alive
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_parallel_workers_and_ordering(pool):
+    results = pool.reset([(s, s, {"instance": s % 4}) for s in range(4)])
+    assert [r.observation for r in results] == [f"start {s % 4}" for s in range(4)]
+    assert len({r.info["pid"] for r in results}) == 2  # two worker processes
+    steps = pool.step([(s, f"a{s}") for s in range(4)])
+    assert [r.observation for r in steps] == [f"echo a{s}" for s in range(4)]
+
+
+def test_killed_worker_is_restarted_and_episode_truncated(pool):
+    pool.reset([(s, 0, None) for s in range(4)])
+    results = pool.step([(0, "crash"), (1, "fine"), (2, "fine"), (3, "fine")])
+    assert results[0].truncated and "died" in results[0].error
+    assert results[2].truncated  # slot 2 shares worker 0: its command was owed by the dead worker
+    assert results[1].error is None and results[3].error is None
+    assert pool.restarts == 1
+    lost = pool.step([(2, "again")])[0]
+    assert lost.truncated and "lost" in lost.error
+    fresh = pool.reset([(0, 0, None), (2, 0, None)])
+    assert all(r.error is None for r in fresh)
+
+
+def test_external_kill_mid_episode(pool):
+    pool.reset([(s, 0, None) for s in range(2)])
+    os.kill(pool.worker_pids()[1], 9)
+    results = pool.step([(0, "x"), (1, "y")])
+    assert results[0].error is None
+    assert results[1].truncated and "died" in results[1].error
+
+
+def test_hang_past_timeout_is_restarted(pool):
+    pool.reset([(0, 0, None), (1, 0, None)])
+    old_pid = pool.worker_pids()[0]
+    results = pool.step([(0, "hang"), (1, "ok")])
+    assert results[0].truncated and "timed out" in results[0].error
+    assert results[1].terminated and results[1].error is None
+    assert pool.worker_pids()[0] != old_pid and not _alive(old_pid)
+
+
+def test_raising_env_reports_and_keeps_worker(pool):
+    pool.reset([(0, 0, None)])
+    pid = pool.worker_pids()[0]
+    result = pool.step([(0, "raise")])[0]
+    assert result.truncated and "ValueError: boom" in result.error
+    assert pool.worker_pids()[0] == pid and pool.restarts == 0
+
+
+def test_clean_shutdown_leaves_no_processes():
+    pool = EnvPool(functools.partial(FaultyEnv), num_workers=2, timeout_s=3)
+    pool.reset([(0, 0, None), (1, 0, None)])
+    pids = pool.worker_pids()
+    pool.close()
+    assert not any(_alive(pid) for pid in pids)
+
+
+def test_in_process_mode_and_registered_factory():
+    with EnvPool(env_factory("agentrl/CueBandit-v0"), num_workers=0) as pool:
+        (r,) = pool.reset([(0, 1, {"instance": 5})])
+        assert r.info["instance"] == "cue-5"
+        answer = r.info["walkthrough"][0]
+        (s,) = pool.step([(0, answer)])
+        assert s.reward == 1.0 and s.terminated and s.info["won"]
+    with EnvPool(functools.partial(FaultyEnv), num_workers=0) as pool:
+        pool.reset([(0, 0, None)])
+        assert "boom" in pool.step([(0, "raise")])[0].error
