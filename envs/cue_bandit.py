@@ -15,6 +15,8 @@ Episode end:
     Terminates after `turns` answers. `won` is True when every answer was correct.
 Arguments:
     turns (int, 1): answers per episode. num_cues (int, 4, ≤ 8): distinct cues. num_instances (int, 64): task set size.
+    mapping ("copy" | "shuffle"): "copy" — the answer is the cue word itself, a rule that transfers across cues, so
+    a tiny model learns it reliably; "shuffle" — a fixed arbitrary cue→word table (harder: per-cue associations).
 Version history:
     v0: initial version.
 """
@@ -32,14 +34,19 @@ ANSWERS = ("up", "down", "left", "right", "on", "off", "in", "out")
 
 
 class CueBanditEnv(TextEnv):
-    def __init__(self, turns: int = 1, num_cues: int = 4, num_instances: int = 64, **_: Any) -> None:
+    def __init__(
+        self, turns: int = 1, num_cues: int = 4, num_instances: int = 64, mapping: str = "copy", **_: Any
+    ) -> None:
         super().__init__()
         if not 1 <= num_cues <= len(CUES):
             raise ValueError(f"num_cues must be in 1..{len(CUES)}, got {num_cues}")
         if turns < 1:
             raise ValueError(f"turns must be >= 1, got {turns}")
         self.turns, self.num_cues, self._num_instances = turns, num_cues, num_instances
-        self.answer_of = {CUES[i]: ANSWERS[(i * 3 + 1) % num_cues] for i in range(num_cues)}
+        if mapping not in ("copy", "shuffle"):
+            raise ValueError(f"mapping must be 'copy' or 'shuffle', got {mapping!r}")
+        self.cues = ANSWERS[:num_cues] if mapping == "copy" else CUES[:num_cues]
+        self.answer_of = {c: ANSWERS[i if mapping == "copy" else (i * 3 + 1) % num_cues] for i, c in enumerate(self.cues)}
         self.answers = sorted(set(self.answer_of.values()))
         self._cues: list[str] = []
         self._turn = 0
@@ -68,7 +75,7 @@ class CueBanditEnv(TextEnv):
         super().reset(seed=seed)
         self._instance = self._pick_instance(options)
         rng = np.random.default_rng(self._instance)
-        cues = CUES[: self.num_cues]
+        cues = self.cues
         self._cues = [
             cues[(self._instance + t * int(rng.integers(1, self.num_cues + 1))) % self.num_cues]
             for t in range(self.turns)

@@ -111,7 +111,7 @@ class EnvPool:
         factory: EnvFactory,
         num_workers: int = 2,
         timeout_s: float = 60.0,
-        start_method: str = "spawn",
+        start_method: str = "fork",  # env workers never touch torch; spawn would re-import a user's __main__
     ):
         self.factory, self.num_workers, self.timeout_s = factory, num_workers, timeout_s
         self.restarts = 0

@@ -88,6 +88,7 @@ class AnswerPromptFormat:
     """Single-turn question answering (math): the whole reply is the action; the env grades it."""
 
     system: str = "You are a helpful assistant."
+    history_length: int = 0  # single-turn: no history
     instruction: str = "Solve the problem step by step, and put your final answer within \\boxed{}."
 
     def render(
@@ -111,6 +112,7 @@ class WordChoicePromptFormat:
     """
 
     system: str = "Answer with one word."
+    history_length: int = 0  # each cue is answered on its own
 
     def render(
         self, task: str, history: list[HistoryItem], observation: str, admissible: list[str] | None

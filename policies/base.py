@@ -13,7 +13,8 @@ class SamplingParams:
     max_new_tokens: int = 128
     min_new_tokens: int = 0
     stop: list[str] = field(default_factory=list)
-    seed: int | None = None  # one seed per call; each prompt i uses seed + i so group members differ
+    seed: int | None = None  # seeds the whole batch: rows draw different numbers, so group members differ
+    logprobs: bool = False  # return each generated token's log-prob (memory: [B, N, V] logits are kept)
 
 
 @dataclass

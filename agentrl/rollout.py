@@ -1,0 +1,211 @@
+"""Multi-turn rollout: tasks × group size through an EnvPool, one batched generation per turn.
+
+Per turn, each active episode's prompt is rendered by its env family's prompt format ("window": task + last K
+turns + current observation, re-rendered every turn; "full": the conversation so far, extended with the model's
+generated ids verbatim). Replies are parsed into actions; invalid ones are still sent to the env (which answers
+like the game, e.g. "Nothing happens.") and cost `invalid_penalty`. Every prompt id and generated id is kept.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from agentrl.chat import ChatTokens
+from agentrl.types import Episode, Turn
+from envs.pool import EnvPool, StepResult
+from envs.prompting import HistoryItem, PromptFormat
+from policies.base import Policy, SamplingParams
+
+
+@dataclass
+class RolloutConfig:
+    group_size: int = 8
+    tasks_per_iteration: int = 8
+    max_turns: int = 50
+    history_length: int = 2
+    max_prompt_tokens: int = 2048
+    invalid_penalty: float = 0.1
+    length_limited_is_invalid: bool = True  # a reply cut by max_new_tokens counts as invalid
+    sample_mode: str = "window"  # "window" | "full"
+    num_workers: int = 2  # env worker processes; 0 = in-process
+    env_timeout_s: float = 60.0
+    sampling: SamplingParams = field(default_factory=lambda: SamplingParams(temperature=1.0, max_new_tokens=512))
+
+
+@dataclass
+class Task:
+    instance: int
+    seed: int
+    group_id: str
+
+
+@dataclass
+class _Live:
+    episode: Episode
+    slot: int
+    observation: str
+    info: dict[str, Any]
+    history: list[HistoryItem] = field(default_factory=list)
+    conversation: list[int] = field(default_factory=list)  # full mode: ids so far
+    done: bool = False
+
+
+@dataclass
+class RolloutTimings:
+    generation_s: float = 0.0
+    env_s: float = 0.0
+    prompt_s: float = 0.0
+    turns: int = 0
+    generated_tokens: int = 0
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            "time/generation_s": self.generation_s,
+            "time/env_s": self.env_s,
+            "time/prompt_s": self.prompt_s,
+            "rollout/turns": float(self.turns),
+            "rollout/generated_tokens": float(self.generated_tokens),
+        }
+
+
+class RolloutManager:
+    def __init__(self, pool: EnvPool, policy: Policy, tokenizer, prompt_format: PromptFormat, cfg: RolloutConfig):
+        if cfg.sample_mode not in ("window", "full"):
+            raise ValueError(f"sample_mode must be 'window' or 'full', got {cfg.sample_mode!r}")
+        self.pool, self.policy, self.format, self.cfg = pool, policy, prompt_format, cfg
+        self.chat = ChatTokens(tokenizer)
+        self.timings = RolloutTimings()
+
+    def run(
+        self, tasks: list[Task], *, group_size: int | None = None, seed: int = 0, sampling: SamplingParams | None = None
+    ) -> list[Episode]:
+        """Play each task `group_size` times (same instance and env seed; different sampling) until all end."""
+        g = group_size or self.cfg.group_size
+        sampling = sampling or self.cfg.sampling
+        self.timings = RolloutTimings()
+        requests = [
+            (slot, t.seed, {"instance": t.instance}) for slot, t in enumerate(x for x in tasks for _ in range(g))
+        ]
+        started = time.perf_counter()
+        resets = self.pool.reset(requests)
+        self.timings.env_s += time.perf_counter() - started
+        live = []
+        for slot, (task, result) in enumerate(zip((x for x in tasks for _ in range(g)), resets)):
+            ep = Episode(
+                slot,
+                task.group_id,
+                str(result.info.get("task", "")),
+                str(result.info.get("task_type", "")),
+                str(result.info.get("instance", "")),
+            )
+            state = _Live(ep, slot, result.observation, result.info)
+            if result.error:
+                self._finish(state, truncated=True, reason=f"env_error: {result.error}")
+            live.append(state)
+        for turn in range(self.cfg.max_turns):
+            active = [s for s in live if not s.done]
+            if not active:
+                break
+            self._turn(
+                active, replace(sampling, seed=None if sampling.seed is None else sampling.seed + seed * 7919 + turn)
+            )
+        for state in live:
+            if not state.done:
+                self._finish(state, truncated=True, reason="max_turns")
+        return [s.episode for s in live]
+
+    def _turn(self, active: list[_Live], sampling: SamplingParams) -> None:
+        started = time.perf_counter()
+        prompts = []
+        for state in list(active):
+            ids, messages = self._prompt(state)
+            if ids is None:
+                self._finish(state, truncated=True, reason="context")
+                active.remove(state)
+            else:
+                prompts.append((ids, messages))
+        self.timings.prompt_s += time.perf_counter() - started
+        if not active:
+            return
+        started = time.perf_counter()
+        completions = self.policy.generate([p for p, _ in prompts], sampling)
+        self.timings.generation_s += time.perf_counter() - started
+        self.timings.turns += 1
+        actions = []
+        for state, (ids, messages), completion in zip(active, prompts, completions):
+            admissible = state.info.get("admissible_actions")
+            action, valid = self.format.parse(completion.text, admissible)
+            if completion.finish_reason == "length" and self.cfg.length_limited_is_invalid:
+                valid = False
+            self.timings.generated_tokens += len(completion.token_ids)
+            state.episode.turns.append(
+                Turn(ids, list(completion.token_ids), completion.text, action, valid, 0.0, state.observation,
+                     completion.finish_reason, messages, completion.logprobs)
+            )  # fmt: skip
+            actions.append((state.slot, action))
+        started = time.perf_counter()
+        results = self.pool.step(actions)
+        self.timings.env_s += time.perf_counter() - started
+        for state, result in zip(active, results):
+            self._apply(state, result)
+
+    def _prompt(self, state: _Live) -> tuple[list[int] | None, list[dict[str, str]]]:
+        admissible = state.info.get("admissible_actions")
+        if self.cfg.sample_mode == "full":
+            if not state.episode.turns:
+                messages = self.format.render(state.episode.task, [], state.observation, admissible)
+                state.conversation = self.chat.prompt_ids(messages)
+            else:
+                last = state.episode.turns[-1]
+                messages = self.format.render(state.episode.task, [], state.observation, admissible)[-1:]
+                state.conversation = (
+                    last.prompt_ids
+                    + last.completion_ids
+                    + self.chat.next_user_ids(last.completion_ids, messages[-1]["content"])
+                )
+            fits = len(state.conversation) <= self.cfg.max_prompt_tokens
+            return (list(state.conversation) if fits else None), messages
+        # window: drop the oldest history first; never the instructions or the current observation
+        for keep in range(min(self.cfg.history_length, len(state.history)), -1, -1):
+            history = state.history[len(state.history) - keep :] if keep else []
+            messages = self.format.render(state.episode.task, history, state.observation, admissible)
+            ids = self.chat.prompt_ids(messages)
+            if len(ids) <= self.cfg.max_prompt_tokens:
+                return ids, messages
+        return None, messages
+
+    def _apply(self, state: _Live, result: StepResult) -> None:
+        turn = state.episode.turns[-1]
+        turn.reward = result.reward - (0.0 if turn.valid else self.cfg.invalid_penalty)
+        state.episode.total_reward += turn.reward
+        state.history.append(HistoryItem(state.observation, turn.action))
+        state.observation, state.info = result.observation, result.info or state.info
+        state.episode.won = bool(result.info.get("won", False)) if result.info else state.episode.won
+        if result.error:
+            self._finish(state, truncated=True, reason=f"env_error: {result.error}")
+        elif result.terminated:
+            self._finish(state, truncated=False, reason="")
+        elif result.truncated:
+            self._finish(state, truncated=True, reason="env_truncated")
+
+    @staticmethod
+    def _finish(state: _Live, *, truncated: bool, reason: str) -> None:
+        state.done = True
+        state.episode.truncated = truncated
+        state.episode.truncation_reason = reason
+
+
+def episode_stats(episodes: list[Episode]) -> dict[str, float]:
+    """Success rate, mean return, invalid-action rate, turns, truncations."""
+    n = max(len(episodes), 1)
+    turns = sum(len(e.turns) for e in episodes)
+    return {
+        "rollout/success": sum(e.won for e in episodes) / n,
+        "rollout/reward": sum(e.total_reward for e in episodes) / n,
+        "rollout/invalid_rate": sum(e.num_invalid for e in episodes) / max(turns, 1),
+        "rollout/turns_per_episode": turns / n,
+        "rollout/env_errors": float(sum(e.truncation_reason.startswith("env_error") for e in episodes)),
+        "rollout/length_limited": sum(t.finish_reason == "length" for e in episodes for t in e.turns) / max(turns, 1),
+    }
