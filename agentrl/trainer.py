@@ -74,25 +74,26 @@ class Components:
         from policies.hf import HFPolicy
         from policies.models import ModelSpec, load_model
 
-        self.model, self.tokenizer = load_model(ModelSpec(**asdict(cfg.model)))
-        ref = copy.deepcopy(self.model).eval().requires_grad_(False) if cfg.trainer.kl_coef > 0 else None
-        self.learner = Learner(self.model, learner_config(cfg), ref_model=ref)
-        self.policy = HFPolicy(self.model, self.tokenizer, batch_size=cfg.rollout.generation_batch_size)
         fmt = envs.make_prompt_format(cfg.env.id, history_length=cfg.rollout.history_length, **cfg.env.prompt)
         train_kwargs, eval_kwargs = dict(cfg.env.kwargs), {**cfg.env.kwargs, **cfg.env.eval_kwargs}
-        workers, timeout = cfg.rollout.num_workers, cfg.rollout.env_timeout_s
-        self.pools = [EnvPool(env_factory(cfg.env.id, **train_kwargs), workers, timeout)]
-        if eval_kwargs != train_kwargs:
-            self.pools.append(EnvPool(env_factory(cfg.env.id, **eval_kwargs), workers, timeout))
-        self.rollout = RolloutManager(self.pools[0], self.policy, self.tokenizer, fmt, rollout_config(cfg))
-        self.evaluator = RolloutManager(
-            self.pools[-1], self.policy, self.tokenizer, fmt, rollout_config(cfg, evaluation=True)
-        )
         self.sampler = TaskSampler(
             getattr(envs.make_env(cfg.env.id, **train_kwargs), "num_instances", None), cfg.trainer.seed
         )
         eval_n = getattr(envs.make_env(cfg.env.id, **eval_kwargs), "num_instances", None)
         self.panel, self.panel_hash = panel_for(cfg.env.id, eval_kwargs, eval_n, cfg.env.eval_instances, cfg.env.panel)
+        workers, timeout = cfg.rollout.num_workers, cfg.rollout.env_timeout_s
+        self.pools = [EnvPool(env_factory(cfg.env.id, **train_kwargs), workers, timeout)]
+        if eval_kwargs != train_kwargs:
+            self.pools.append(EnvPool(env_factory(cfg.env.id, **eval_kwargs), workers, timeout))
+        # weights load last: env and data problems surface first, before minutes of model loading
+        self.model, self.tokenizer = load_model(ModelSpec(**asdict(cfg.model)))
+        ref = copy.deepcopy(self.model).eval().requires_grad_(False) if cfg.trainer.kl_coef > 0 else None
+        self.learner = Learner(self.model, learner_config(cfg), ref_model=ref)
+        self.policy = HFPolicy(self.model, self.tokenizer, batch_size=cfg.rollout.generation_batch_size)
+        self.rollout = RolloutManager(self.pools[0], self.policy, self.tokenizer, fmt, rollout_config(cfg))
+        self.evaluator = RolloutManager(
+            self.pools[-1], self.policy, self.tokenizer, fmt, rollout_config(cfg, evaluation=True)
+        )
 
     def close(self) -> None:
         for pool in self.pools:

@@ -46,7 +46,9 @@ class CueBanditEnv(TextEnv):
         if mapping not in ("copy", "shuffle"):
             raise ValueError(f"mapping must be 'copy' or 'shuffle', got {mapping!r}")
         self.cues = ANSWERS[:num_cues] if mapping == "copy" else CUES[:num_cues]
-        self.answer_of = {c: ANSWERS[i if mapping == "copy" else (i * 3 + 1) % num_cues] for i, c in enumerate(self.cues)}
+        self.answer_of = {
+            c: ANSWERS[i if mapping == "copy" else (i * 3 + 1) % num_cues] for i, c in enumerate(self.cues)
+        }
         self.answers = sorted(set(self.answer_of.values()))
         self._cues: list[str] = []
         self._turn = 0

@@ -1,0 +1,132 @@
+"""Trainer: real learning on CueBandit, kill-and-resume equivalence, config validation before weights load."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from agentrl import trainer as trainer_module
+from agentrl.config import CONFIG_DIR, load_config, validate_config
+from agentrl.errors import ConfigError
+from agentrl.metrics import read_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("algo", ["holderpo", "grpo"])
+def test_tiny_model_learns_cuebandit_from_scratch(algo, tmp_path):
+    cfg = load_config(["experiment=cuebandit", f"algo={algo}", f"trainer.run_dir={tmp_path}"])
+    result = trainer_module.train(cfg)
+    assert result["before"]["eval/success"] <= 0.3
+    assert result["after"]["eval/success"] >= 0.9, result["after"]
+    rows = read_metrics(tmp_path)
+    train_rows = [r for r in rows if r["kind"] == "train"]
+    assert len(train_rows) == cfg.trainer.iterations
+    if algo == "holderpo":  # p annealed 1 → −1 over the run
+        assert train_rows[0]["p"] == pytest.approx(1.0) and train_rows[-1]["p"] < -0.95
+
+
+def _train_cmd(run_dir: Path, extra: list[str]) -> list[str]:
+    return [sys.executable, "-m", "agentrl.trainer", "experiment=cuebandit", f"trainer.run_dir={run_dir}",
+            "trainer.iterations=40", "trainer.checkpoint_every=5", "trainer.eval_every=10", *extra]  # fmt: skip
+
+
+VOLATILE = ("time/", "tokens_per_s")
+
+
+def _stable(rows):
+    return [{k: v for k, v in r.items() if not k.startswith(VOLATILE)} for r in rows]
+
+
+def test_sigkill_and_resume_equals_uninterrupted_run(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    subprocess.run(_train_cmd(full, []), check=True, cwd=ROOT, env=env, capture_output=True, timeout=600)
+    proc = subprocess.Popen(
+        _train_cmd(killed, []), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + 300
+    while time.time() < deadline:  # kill somewhere after the 2nd checkpoint, mid-run
+        path = killed / "metrics.jsonl"
+        done = [json.loads(x)["iteration"] for x in path.read_text().splitlines()] if path.exists() else []
+        if done and max(done) >= 13:
+            break
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    rows_at_kill = read_metrics(killed)
+    assert max(r["iteration"] for r in rows_at_kill) < 40, "the run finished before it could be killed"
+    subprocess.run(
+        _train_cmd(killed, ["trainer.resume=auto"]), check=True, cwd=ROOT, env=env, capture_output=True, timeout=600
+    )
+    a, b = read_metrics(full), read_metrics(killed)
+    assert [(r["iteration"], r["kind"]) for r in a] == [
+        (r["iteration"], r["kind"]) for r in b
+    ]  # no duplicate/missing row
+    assert _stable(a) == _stable(b)
+    wa = load_file(full / "checkpoints" / "iter-000040" / "model" / "model.safetensors")
+    wb = load_file(killed / "checkpoints" / "iter-000040" / "model" / "model.safetensors")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_bad_config_fails_before_weights_load(monkeypatch, tmp_path):
+    def boom(*a, **k):
+        raise AssertionError("weights were loaded before validation")
+
+    monkeypatch.setattr("policies.models.load_model", boom)
+    cfg = load_config([
+        "env.id=agentrl/CueBandt-v0", "algo.loss=holder_sq", "trainer.iterations=0", "rollout.group_size=1",
+        "model.name=/does/not/exist", f"trainer.run_dir={tmp_path}",
+    ])  # fmt: skip
+    with pytest.raises(ConfigError) as err:
+        trainer_module.train(cfg)
+    message = str(err.value)
+    for expected in ("did you mean 'agentrl/CueBandit-v0'", "did you mean 'holder_seq'", "total_steps must be >= 1",
+                     "group_size=1", "/does/not/exist"):  # fmt: skip
+        assert expected in message, message
+
+
+def test_unknown_override_key_is_a_config_error():
+    with pytest.raises(ConfigError, match="trainer"):
+        load_config(["trainer.iteratons=3"])
+
+
+def test_cli_reports_config_errors_with_exit_code_2(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "agentrl.trainer", "algo.loss=nope", f"trainer.run_dir={tmp_path}"],
+                         cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+    assert out.returncode == 2 and "unknown algo.loss 'nope'" in out.stderr
+
+
+EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
+GROUPS = [
+    (g.name, p.stem) for g in CONFIG_DIR.iterdir() if g.is_dir() and g.name != "experiment" for p in g.glob("*.yaml")
+]
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes_and_validates(experiment):
+    cfg = load_config([f"experiment={experiment}"])
+    assert cfg.experiment == experiment
+    validate_config(cfg)
+
+
+@pytest.mark.parametrize("group, name", GROUPS)
+def test_every_group_option_composes_and_validates(group, name):
+    validate_config(load_config([f"{group}={name}"]))
+
+
+def test_paper_protocol_values():
+    cfg = load_config(["experiment=alfworld_paper"])
+    assert (cfg.rollout.tasks_per_iteration, cfg.rollout.group_size, cfg.rollout.max_turns) == (16, 8, 50)
+    assert (cfg.algo.p_start, cfg.algo.p_end, cfg.algo.p_schedule) == (1.0, -1.0, "linear")
+    assert (cfg.trainer.kl_coef, cfg.algo.clip_low, cfg.trainer.lr, cfg.trainer.iterations) == (0.01, 0.2, 1e-6, 150)
+    assert (cfg.trainer.eval_every, cfg.env.eval_instances, cfg.rollout.eval_temperature) == (5, 128, 0.4)
