@@ -31,11 +31,19 @@ def load_panel(path: str) -> dict[str, Any]:
     return data
 
 
-def panel_for(env_id: str, env_kwargs: dict[str, Any], num_instances: int | None, size: int, panel_file: str | None):
-    """(instance indices, content hash). A panel file wins; else the first `size` instances in the env's order."""
+def panel_for(env_id: str, env_kwargs: dict[str, Any], probe: Any, size: int, panel_file: str | None):
+    """(instance indices, content hash). A panel file wins (its game names are looked up in the env, so adding
+    games never changes what a panel means); else the first `size` instances in the env's order."""
+    num_instances = getattr(probe, "num_instances", None)
     if panel_file:
         panel = load_panel(panel_file)
         indices = [int(i) for i in panel["instances"]]
+        if "games" in panel and hasattr(probe, "instance_name"):
+            index_of = {probe.instance_name(i): i for i in range(num_instances)}
+            missing = [g for g in panel["games"] if g not in index_of]
+            if missing:
+                raise ValueError(f"panel {panel_file}: {len(missing)} games are not in this data, e.g. {missing[0]}")
+            indices = [index_of[g] for g in panel["games"]]
     else:
         indices = list(range(min(size, num_instances))) if num_instances else list(range(size))
     blob = json.dumps({"env": env_id, "kwargs": env_kwargs, "instances": indices}, sort_keys=True, default=str)

@@ -79,8 +79,10 @@ class Components:
         self.sampler = TaskSampler(
             getattr(envs.make_env(cfg.env.id, **train_kwargs), "num_instances", None), cfg.trainer.seed
         )
-        eval_n = getattr(envs.make_env(cfg.env.id, **eval_kwargs), "num_instances", None)
-        self.panel, self.panel_hash = panel_for(cfg.env.id, eval_kwargs, eval_n, cfg.env.eval_instances, cfg.env.panel)
+        eval_probe = envs.make_env(cfg.env.id, **eval_kwargs)
+        self.panel, self.panel_hash = panel_for(
+            cfg.env.id, eval_kwargs, eval_probe, cfg.env.eval_instances, cfg.env.panel
+        )
         workers, timeout = cfg.rollout.num_workers, cfg.rollout.env_timeout_s
         self.pools = [EnvPool(env_factory(cfg.env.id, **train_kwargs), workers, timeout)]
         if eval_kwargs != train_kwargs:

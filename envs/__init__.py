@@ -91,7 +91,7 @@ register_text_env(
 )
 register_text_env(
     "agentrl/ALFWorld-v0",
-    "envs.alfworld_env:ALFWorldEnv",
+    "envs.alfworld.env:ALFWorldEnv",
     _alfworld_format,
     extra="alfworld",
     requires=("alfworld", "textworld"),
