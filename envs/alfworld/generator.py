@@ -344,6 +344,5 @@ def generate_one(args: tuple[str, int, int, tuple[str, ...], dict[str, Any], str
                 **result,
                 "game": str(game_dir.relative_to(Path(out) / split)),
                 "attempts": attempt + 1,
-                "spec": asdict(spec)["object_target"],
             }
     return None
