@@ -21,6 +21,7 @@ Version history:
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -37,8 +38,13 @@ HOW_TO_GET_GAMES = (
 
 def find_games(data_path: str | None, split: str, task_types: list[str] | None = None) -> tuple[Path, list[Path]]:
     """(split root, sorted game files). Raises with a how-to when there are none: alfworld itself would spin
-    forever on an empty game list."""
-    root = data_path or os.environ.get("ALFWORLD_DATA")
+    forever on an empty game list. Scans once per process (every env copy of a worker reuses the list)."""
+    root, games = _scan(data_path or os.environ.get("ALFWORLD_DATA"), split, tuple(task_types or TASK_TYPES))
+    return root, list(games)
+
+
+@functools.cache
+def _scan(root: str | None, split: str, task_types: tuple[str, ...]) -> tuple[Path, tuple[Path, ...]]:
     if not root:
         raise FileNotFoundError(f"no ALFWorld data path given and $ALFWORLD_DATA is unset; {HOW_TO_GET_GAMES}")
     base = Path(root).expanduser()
@@ -47,7 +53,7 @@ def find_games(data_path: str | None, split: str, task_types: list[str] | None =
     split_root = base / split
     if not split_root.is_dir():
         raise FileNotFoundError(f"ALFWorld split folder {split_root} does not exist; {HOW_TO_GET_GAMES}")
-    wanted = set(task_types or TASK_TYPES)
+    wanted = set(task_types)
     games = []
     for game in sorted(split_root.rglob("game.tw-pddl")):
         if "movable" in str(game) or "Sliced" in str(game):
@@ -57,7 +63,7 @@ def find_games(data_path: str | None, split: str, task_types: list[str] | None =
             games.append(game)
     if not games:
         raise FileNotFoundError(f"no solvable ALFWorld games under {split_root}; {HOW_TO_GET_GAMES}")
-    return split_root, games
+    return split_root, tuple(games)
 
 
 class ALFWorldEnv(TextEnv):
