@@ -27,7 +27,13 @@ lint: setup
 test: setup lint
 	$(BIN)/python -m pytest -q --timeout=1800
 
-quickstart: setup
+ALFWORLD_DATA_DIR ?= data/alfworld
+
+$(ALFWORLD_DATA_DIR)/train/manifest.json:
+	$(BIN)/python scripts/generate_alfworld.py --out $(ALFWORLD_DATA_DIR) --split train --num 120 --seed 0
+	$(BIN)/python scripts/generate_alfworld.py --out $(ALFWORLD_DATA_DIR) --split valid_unseen --num 24 --seed 0 --panel-size 8
+
+quickstart: setup $(ALFWORLD_DATA_DIR)/train/manifest.json
 	$(BIN)/python scripts/train.py experiment=quickstart
 
 bench-quick: setup

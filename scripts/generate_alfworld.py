@@ -33,7 +33,12 @@ def write_panel(out: Path, split: str, size: int) -> Path:
     from envs.alfworld.env import find_games
 
     root, games = find_games(str(out), split)
-    names = [str(g.parent.relative_to(root)) for g in games][:size]
+    by_type: dict[str, list[str]] = {}
+    for g in games:  # round-robin over task types, so a small panel still covers all six
+        name = str(g.parent.relative_to(root))
+        by_type.setdefault(name.split("-", 1)[0], []).append(name)
+    queues = [by_type[t] for t in sorted(by_type)]
+    names = [q[i] for i in range(max(map(len, queues))) for q in queues if i < len(q)][:size]
     panel = {
         "name": f"{split}-v1", "split": split, "instances": list(range(len(names))), "games": names,
         "hash": hashlib.sha256("\n".join(names).encode()).hexdigest()[:16],

@@ -1,0 +1,311 @@
+"""Benchmarks: where learner and rollout time goes, measured as ratios inside one process (machines are noisy).
+
+    python scripts/benchmark.py --quick                 # tiny model, seconds (CI runs this to prove it works)
+    python scripts/benchmark.py                         # SmolLM2-135M-Instruct, a few minutes per section on 2 cores
+    python scripts/benchmark.py --sections learner loss --out bench.json
+    python scripts/benchmark.py --gpu                   # on a GPU: random-init Qwen2.5-0.5B / 1.5B shapes, bf16
+
+Sections:
+  peak     large fp32 and bf16 matmuls: this machine's achievable FLOP/s
+  learner  one learner update on a multi-turn ALFWorld-shaped batch (variable lengths) vs the plain lower bound
+           (one forward+backward of the same model on the same tokens, no RL bookkeeping); MFU vs the fp32 peak
+  loss     holder_seq / holder_token vs token-level grpo, forward+backward on [B, T]; share of a learner step
+  padding  computed tokens that are padding, with and without length-grouped micro-batches; peak memory (RSS) of
+           log-prob computation with full-vocabulary logits vs our chunked path (each in a fresh subprocess)
+  rollout  ALFWorld episodes: generation / env / prompt time; env steps/s with 1 and 2 workers
+Results print as a table and go to --out (JSON). Timed numbers never gate CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+
+from agentrl.learner import Learner, LearnerConfig, collate, length_grouped
+from agentrl.losses import POLICY_LOSSES
+from agentrl.types import Sample
+
+
+def timeit(fn, repeat: int = 3, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def matmul_peak(n: int) -> dict[str, float]:
+    out = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        seconds = timeit(lambda a=a, b=b: a @ b, repeat=3)
+        out[f"matmul_{name}_gflops"] = 2 * n**3 / seconds / 1e9
+    return out
+
+
+def alfworld_batch(vocab: int, n: int, quick: bool, seed: int = 0) -> list[Sample]:
+    """Window-mode samples shaped like ALFWorld turns: prompts 350-900 tokens, replies 20-120 (quick: /8)."""
+    rng = random.Random(seed)
+    scale = 8 if quick else 1
+    out = []
+    for i in range(n):
+        prompt, reply = rng.randint(350, 900) // scale, rng.randint(20, 120) // scale
+        ids = [rng.randrange(3, vocab) for _ in range(prompt + reply)]
+        out.append(Sample(ids, [0] * prompt + [1] * reply, advantage=rng.uniform(-1, 1), group_id=str(i // 4)))
+    return out
+
+
+def load(quick: bool):
+    from policies.models import ModelSpec, load_model
+
+    spec = (
+        ModelSpec(name="tiny-qwen2", hidden_size=128, num_layers=4)
+        if quick
+        else ModelSpec(name="smollm2-135m-instruct")
+    )
+    model, tok = load_model(spec)
+    return model, tok
+
+
+def bench_learner(model, samples: list[Sample], peak: float) -> dict[str, Any]:
+    params = sum(p.numel() for p in model.parameters())
+    tokens = sum(len(s.input_ids) for s in samples)
+    learner = Learner(model, LearnerConfig(lr=1e-7, mini_batches=2, micro_batch_tokens=4096))
+    update_s = timeit(lambda: learner.update(samples, p=1.0), repeat=2)
+    groups = length_grouped(samples, range(len(samples)), 4096)
+
+    def plain_forward_backward():
+        for g in groups:
+            batch = collate(samples, g, torch.device("cpu"))
+            model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits.float().mean().backward()
+        model.zero_grad(set_to_none=True)
+
+    plain_s = timeit(plain_forward_backward, repeat=2)
+    flops = 6 * params * tokens
+    return {
+        "tokens": tokens, "params": params, "update_s": update_s, "plain_fwd_bwd_s": plain_s,
+        "update_tokens_per_s": tokens / update_s, "plain_tokens_per_s": tokens / plain_s,
+        "learner_vs_plain": plain_s / update_s,
+        "note": "update = old-logprob forward (no grad) + forward/backward over 2 mini-batches; plain = 1 fwd+bwd",
+        "mfu_vs_fp32_peak": flops / update_s / (peak * 1e9),
+    }  # fmt: skip
+
+
+def bench_losses(b: int, t: int) -> dict[str, Any]:
+    g = torch.Generator().manual_seed(0)
+    lp = (torch.randn(b, t, generator=g) * 0.1).requires_grad_()
+    old = torch.randn(b, t, generator=g) * 0.1
+    adv = torch.randn(b, generator=g)
+    mask = (torch.rand(b, t, generator=g) > 0.3).float()
+    out = {}
+    for name in ("grpo", "holder_seq", "holder_token"):
+
+        def run(name=name):
+            loss, _ = POLICY_LOSSES[name](lp, old, adv, mask, p=1.5)
+            loss.backward()
+            lp.grad = None
+
+        out[f"{name}_ms"] = 1000 * timeit(run, repeat=20, warmup=3)
+    for name in ("holder_seq", "holder_token"):
+        out[f"{name}_minus_grpo_ms"] = out[f"{name}_ms"] - out["grpo_ms"]
+    return out
+
+
+def padding_fraction(samples: list[Sample], budget: int) -> dict[str, float]:
+    rng = random.Random(0)
+    order = list(range(len(samples)))
+    rng.shuffle(order)
+
+    def frac(groups):
+        padded = sum(len(g) * max(len(samples[i].input_ids) for i in g) for g in groups)
+        return 1 - sum(len(s.input_ids) for s in samples) / padded
+
+    per = max(1, budget // max(len(s.input_ids) for s in samples))
+    naive = [order[k : k + per] for k in range(0, len(order), per)]
+    return {
+        "padding_frac_naive": frac(naive),
+        "padding_frac_length_grouped": frac(length_grouped(samples, order, budget)),
+    }
+
+
+LOGPROB_CHILD = """
+import sys, resource, torch
+sys.path.insert(0, {root!r})
+from scripts.benchmark import load, alfworld_batch
+from agentrl.learner import collate, token_log_probs
+model, tok = load({quick})
+samples = alfworld_batch(len(tok), 8, {quick})
+batch = collate(samples, range(8), torch.device("cpu"))
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+if {chunked}:
+    lp, _ = token_log_probs(model, batch, chunk=1024)
+else:
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits.float()
+    lp = torch.log_softmax(logits, -1)
+lp.sum().backward()
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)
+"""
+
+
+def logprob_memory(quick: bool) -> dict[str, float]:
+    root = str(Path(__file__).resolve().parents[1])
+    out = {}
+    for chunked in (False, True):
+        code = LOGPROB_CHILD.format(root=root, quick=quick, chunked=chunked)
+        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root)
+        out["logprob_peak_mb_" + ("chunked" if chunked else "full_logits")] = float(res.stdout.strip().splitlines()[-1])
+    return out
+
+
+def bench_rollout(model, tok, quick: bool) -> dict[str, Any]:
+    import tempfile
+
+    import envs
+    from agentrl.rollout import RolloutConfig, RolloutManager, Task
+    from envs.pool import EnvPool, env_factory
+    from policies.base import SamplingParams
+    from policies.hf import HFPolicy
+    from scripts.generate_alfworld import main as generate
+
+    data = Path(tempfile.mkdtemp()) / "alfworld"
+    generate(["--out", str(data), "--split", "train", "--num", "12", "--seed", "5"])
+    factory = env_factory("agentrl/ALFWorld-v0", data_path=str(data), split="train")
+    out: dict[str, Any] = {}
+    for workers in (1, 2):  # env throughput alone: random admissible actions
+        with EnvPool(factory, num_workers=workers) as pool:
+            slots = list(range(8))
+            results = pool.reset([(s, s, {"instance": s}) for s in slots])
+            started, steps = time.perf_counter(), 0
+            for _ in range(10):
+                results = pool.step(
+                    [(s, random.Random(s).choice(r.info["admissible_actions"])) for s, r in zip(slots, results)]
+                )
+                steps += len(slots)
+            out[f"env_steps_per_s_{workers}_workers"] = steps / (time.perf_counter() - started)
+    sampling = SamplingParams(temperature=1.0, max_new_tokens=16 if quick else 48, stop=["</action>"], seed=0)
+    cfg = RolloutConfig(
+        group_size=4, max_turns=3 if quick else 4, num_workers=2, max_prompt_tokens=1536, sampling=sampling
+    )
+    with EnvPool(factory, num_workers=2) as pool:
+        manager = RolloutManager(pool, HFPolicy(model, tok), tok, envs.make_prompt_format("agentrl/ALFWorld-v0"), cfg)
+        started = time.perf_counter()
+        manager.run([Task(i, i, f"g{i}") for i in range(2)])
+        wall = time.perf_counter() - started
+    t = manager.timings
+    out.update(episodes=8, wall_s=wall, generation_s=t.generation_s, env_s=t.env_s, prompt_s=t.prompt_s,
+               other_s=wall - t.generation_s - t.env_s - t.prompt_s, generated_tokens=t.generated_tokens,
+               env_time_hidden_behind_generation=0.0)  # fmt: skip
+    return out
+
+
+def gpu_bench() -> dict[str, Any]:
+    """Random-init Qwen2.5-0.5B / 1.5B shapes in bf16: learner tokens/s + MFU, generation tokens/s."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    shapes = {"qwen2.5-0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                                   num_key_value_heads=2), "qwen2.5-1.5b": dict(hidden_size=1536, intermediate_size=8960,
+                                   num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2)}  # fmt: skip
+    out: dict[str, Any] = {"device": torch.cuda.get_device_name(0), **matmul_peak_cuda()}
+    for name, shape in shapes.items():
+        model = (
+            Qwen2ForCausalLM(Qwen2Config(vocab_size=151936, tie_word_embeddings=True, **shape))
+            .cuda()
+            .to(torch.bfloat16)
+        )
+        samples = alfworld_batch(151936, 64, quick=False)
+        learner = Learner(model, LearnerConfig(lr=1e-7, micro_batch_tokens=16384))
+        learner.update(samples, p=1.0)
+        torch.cuda.synchronize()
+        started = time.perf_counter()
+        learner.update(samples, p=1.0)
+        torch.cuda.synchronize()
+        seconds = time.perf_counter() - started
+        tokens = sum(len(s.input_ids) for s in samples)
+        params = sum(p.numel() for p in model.parameters())
+        from policies.hf import HFPolicy
+
+        policy = HFPolicy(model, None)
+        policy.eos_id, policy.pad_id = -1, 0
+        prompts = [s.input_ids[:512] for s in samples]
+        started = time.perf_counter()
+        model.generate(torch.tensor(prompts).cuda(), max_new_tokens=128, min_new_tokens=128, do_sample=True)
+        torch.cuda.synchronize()
+        gen_s = time.perf_counter() - started
+        out[name] = {"learner_tokens_per_s": tokens / seconds, "mfu_vs_bf16_peak": 6 * params * tokens * 2 / seconds
+                     / (out["matmul_bf16_gflops"] * 1e9), "generation_tokens_per_s": 64 * 128 / gen_s,
+                     "note": "update = 2 passes (old log-probs) + fwd/bwd; MFU counts 6·params·tokens twice"}  # fmt: skip
+        del model, learner
+        torch.cuda.empty_cache()
+    return out
+
+
+def matmul_peak_cuda(n: int = 8192) -> dict[str, float]:
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    (a @ a).sum().item()
+    torch.cuda.synchronize()
+    started = time.perf_counter()
+    for _ in range(10):
+        a @ a
+    torch.cuda.synchronize()
+    return {"matmul_bf16_gflops": 10 * 2 * n**3 / (time.perf_counter() - started) / 1e9}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="tiny model and small sizes (seconds)")
+    ap.add_argument("--gpu", action="store_true", help="the GPU section only (needs CUDA)")
+    ap.add_argument("--sections", nargs="+", default=["peak", "learner", "loss", "padding", "rollout"])
+    ap.add_argument("--out", default="benchmark.json")
+    args = ap.parse_args(argv)
+    torch.manual_seed(0)
+    report: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{platform.processor() or platform.machine()}, "
+        f"{torch.get_num_threads()} torch threads, {platform.system()}", "torch": torch.__version__, "quick": args.quick,
+    }  # fmt: skip
+    if args.gpu:
+        report["gpu"] = gpu_bench()
+        Path(args.out).write_text(json.dumps(report, indent=1))
+        print(json.dumps(report, indent=1))
+        return report
+    model, tok = load(args.quick)
+    samples = alfworld_batch(len(tok), 16 if args.quick else 12, args.quick)
+    if "peak" in args.sections or "learner" in args.sections:
+        report["peak"] = matmul_peak(512 if args.quick else 2048)
+    if "learner" in args.sections:
+        report["learner"] = bench_learner(model, samples, report["peak"]["matmul_fp32_gflops"])
+    if "loss" in args.sections:
+        report["loss"] = bench_losses(*((16, 128) if args.quick else (64, 1024)))
+        if "learner" in report:
+            step_ms = 1000 * report["learner"]["update_s"]
+            report["loss"]["holder_seq_extra_share_of_step"] = report["loss"]["holder_seq_minus_grpo_ms"] * 2 / step_ms
+    if "padding" in args.sections:
+        report["padding"] = {**padding_fraction(samples, 4096), **logprob_memory(args.quick)}
+    if "rollout" in args.sections:
+        report["rollout"] = bench_rollout(model, tok, args.quick)
+    Path(args.out).write_text(json.dumps(report, indent=1))
+    for section, values in report.items():
+        if isinstance(values, dict):
+            print(f"[{section}]")
+            for k, v in values.items():
+                print(f"  {k:40s} {v:.4g}" if isinstance(v, float) else f"  {k:40s} {v}")
+    print(f"written to {args.out}")
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,27 @@
+"""The benchmark's quick mode still runs end to end (its timings are reported, never asserted)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+@pytest.mark.integration
+def test_benchmark_quick_mode_produces_every_section(tmp_path):
+    from scripts import benchmark
+
+    out = tmp_path / "bench.json"
+    report = benchmark.main(["--quick", "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(report))
+    for section in ("peak", "learner", "loss", "padding", "rollout"):
+        assert section in report
+    learner = report["learner"]
+    assert learner["tokens"] > 0 and learner["update_tokens_per_s"] > 0 and learner["plain_tokens_per_s"] > 0
+    padding = report["padding"]
+    assert padding["padding_frac_length_grouped"] <= padding["padding_frac_naive"]
+    assert report["rollout"]["episodes"] == 8 and report["rollout"]["generated_tokens"] > 0
