@@ -31,6 +31,7 @@ class RolloutConfig:
     sample_mode: str = "window"  # "window" | "full"
     num_workers: int = 2  # env worker processes; 0 = in-process
     env_timeout_s: float = 60.0
+    pipeline_chunks: int = 2  # >1: generate chunk k+1 while the env workers step chunk k (hides env time)
     sampling: SamplingParams = field(default_factory=lambda: SamplingParams(temperature=1.0, max_new_tokens=512))
 
 
@@ -55,7 +56,9 @@ class _Live:
 @dataclass
 class RolloutTimings:
     generation_s: float = 0.0
-    env_s: float = 0.0
+    env_s: float = 0.0  # resets, plus env time not hidden behind generation
+    env_wait_s: float = 0.0  # time spent waiting for env steps after the last generation chunk
+    env_busy_s: float = 0.0  # env stepping time on the critical path (slowest worker), hidden or not
     prompt_s: float = 0.0
     turns: int = 0
     generated_tokens: int = 0
@@ -63,7 +66,9 @@ class RolloutTimings:
     def as_dict(self) -> dict[str, float]:
         return {
             "time/generation_s": self.generation_s,
-            "time/env_s": self.env_s,
+            "time/env_s": self.env_s + self.env_wait_s,
+            "time/env_wait_s": self.env_wait_s,
+            "rollout/env_hidden_frac": max(0.0, 1.0 - self.env_wait_s / self.env_busy_s) if self.env_busy_s else 0.0,
             "time/prompt_s": self.prompt_s,
             "rollout/turns": float(self.turns),
             "rollout/generated_tokens": float(self.generated_tokens),
@@ -129,27 +134,41 @@ class RolloutManager:
         self.timings.prompt_s += time.perf_counter() - started
         if not active:
             return
-        started = time.perf_counter()
-        completions = self.policy.generate([p for p, _ in prompts], sampling)
-        self.timings.generation_s += time.perf_counter() - started
+        chunks = max(1, min(self.cfg.pipeline_chunks if self.pool.num_workers > 0 else 1, len(active)))
+        bounds = [round(k * len(active) / chunks) for k in range(chunks + 1)]
+        pending = []
+        for k in range(chunks):
+            part = range(bounds[k], bounds[k + 1])
+            started = time.perf_counter()
+            chunk_sampling = replace(sampling, seed=None if sampling.seed is None else sampling.seed * 31 + k)
+            completions = self.policy.generate([prompts[i][0] for i in part], chunk_sampling)
+            self.timings.generation_s += time.perf_counter() - started
+            actions = [self._record(active[i], prompts[i], c) for i, c in zip(part, completions)]
+            pending.append((part, self.pool.step_async(actions)))
         self.timings.turns += 1
-        actions = []
-        for state, (ids, messages), completion in zip(active, prompts, completions):
-            admissible = state.info.get("admissible_actions")
-            action, valid = self.format.parse(completion.text, admissible)
-            if completion.finish_reason == "length" and self.cfg.length_limited_is_invalid:
-                valid = False
-            self.timings.generated_tokens += len(completion.token_ids)
-            state.episode.turns.append(
-                Turn(ids, list(completion.token_ids), completion.text, action, valid, 0.0, state.observation,
-                     completion.finish_reason, messages, completion.logprobs)
-            )  # fmt: skip
-            actions.append((state.slot, action))
         started = time.perf_counter()
-        results = self.pool.step(actions)
-        self.timings.env_s += time.perf_counter() - started
-        for state, result in zip(active, results):
-            self._apply(state, result)
+        for part, handle in pending:
+            results = self.pool.collect(handle)
+            busy: dict[int, float] = {}
+            for i, result in zip(part, results):
+                worker = active[i].slot % max(self.pool.num_workers, 1)
+                busy[worker] = busy.get(worker, 0.0) + result.elapsed_s
+                self._apply(active[i], result)
+            self.timings.env_busy_s += max(busy.values(), default=0.0)
+        self.timings.env_wait_s += time.perf_counter() - started
+
+    def _record(self, state: _Live, prompt: tuple[list[int], list[dict[str, str]]], completion) -> tuple[int, str]:
+        """Parse a completion into the episode's next Turn; returns the (slot, action) to send to the env."""
+        ids, messages = prompt
+        action, valid = self.format.parse(completion.text, state.info.get("admissible_actions"))
+        if completion.finish_reason == "length" and self.cfg.length_limited_is_invalid:
+            valid = False
+        self.timings.generated_tokens += len(completion.token_ids)
+        state.episode.turns.append(
+            Turn(ids, list(completion.token_ids), completion.text, action, valid, 0.0, state.observation,
+                 completion.finish_reason, messages, completion.logprobs)
+        )  # fmt: skip
+        return state.slot, action
 
     def _prompt(self, state: _Live) -> tuple[list[int] | None, list[dict[str, str]]]:
         admissible = state.info.get("admissible_actions")

@@ -30,6 +30,7 @@ class StepResult:
     truncated: bool = False
     info: dict[str, Any] = field(default_factory=dict)
     error: str | None = None  # set when the env raised, hung or its worker died; the episode is then truncated
+    elapsed_s: float = 0.0  # time the env spent on this command (in its worker)
 
     @classmethod
     def failed(cls, reason: str) -> StepResult:
@@ -43,6 +44,15 @@ def env_factory(env_id: str, **kwargs: Any) -> EnvFactory:
     return functools.partial(make_env, env_id, **kwargs)
 
 
+@dataclass
+class Pending:
+    """Commands sent to workers whose answers have not been read yet."""
+
+    results: list[StepResult | None]
+    owed: dict[int, list[int]] = field(default_factory=dict)  # worker → command indices, in send order
+    generation: dict[int, int] = field(default_factory=dict)  # worker → its restart count when the commands went out
+
+
 class SlotEnvs:
     """The envs of one worker (or of the in-process pool), one per slot, created on first reset."""
 
@@ -51,6 +61,12 @@ class SlotEnvs:
         self.envs: dict[int, gym.Env] = {}
 
     def run(self, command: str, slot: int, arg: Any) -> StepResult:
+        started = time.perf_counter()
+        result = self._run(command, slot, arg)
+        result.elapsed_s = time.perf_counter() - started
+        return result
+
+    def _run(self, command: str, slot: int, arg: Any) -> StepResult:
         try:
             if command == "reset":
                 env = self.envs.get(slot)
@@ -118,29 +134,43 @@ class EnvPool:
         self._local = SlotEnvs(factory) if num_workers == 0 else None
         self._ctx = mp.get_context(start_method)
         self._workers = [_Worker(self._ctx, factory) for _ in range(num_workers)]
+        self._generation = [0] * num_workers
 
     def reset(self, requests: Sequence[tuple[int, int | None, dict[str, Any] | None]]) -> list[StepResult]:
         """requests: (slot, seed, options) → one StepResult per request, in order."""
-        return self._call([("reset", slot, (seed, options)) for slot, seed, options in requests])
+        return self.collect(self.submit([("reset", slot, (seed, options)) for slot, seed, options in requests]))
 
     def step(self, requests: Sequence[tuple[int, str]]) -> list[StepResult]:
         """requests: (slot, action) → one StepResult per request, in order."""
-        return self._call([("step", slot, action) for slot, action in requests])
+        return self.collect(self.step_async(requests))
 
-    def _call(self, commands: list[tuple[str, int, Any]]) -> list[StepResult]:
+    def step_async(self, requests: Sequence[tuple[int, str]]) -> Pending:
+        """Send steps to the workers and return at once; `collect` the results later (overlap with generation)."""
+        return self.submit([("step", slot, action) for slot, action in requests])
+
+    def submit(self, commands: list[tuple[str, int, Any]]) -> Pending:
+        pending = Pending([None] * len(commands))
         if self._local is not None:
-            return [self._local.run(*c) for c in commands]
-        results: list[StepResult | None] = [None] * len(commands)
-        owed: dict[int, list[int]] = {}
+            pending.results = [self._local.run(*c) for c in commands]
+            return pending
         for i, (command, slot, arg) in enumerate(commands):
             w = slot % self.num_workers
             try:
                 self._workers[w].conn.send((command, slot, arg))
-                owed.setdefault(w, []).append(i)
+                pending.owed.setdefault(w, []).append(i)
+                pending.generation[w] = self._generation[w]
             except (BrokenPipeError, OSError) as err:
-                results[i] = StepResult.failed(f"env worker {w} unreachable: {err}")
+                pending.results[i] = StepResult.failed(f"env worker {w} unreachable: {err}")
                 self._restart(w)
-        for w, indices in owed.items():
+        return pending
+
+    def collect(self, pending: Pending) -> list[StepResult]:
+        results = pending.results
+        for w, indices in pending.owed.items():
+            if pending.generation[w] != self._generation[w]:  # the worker that owed these was restarted meanwhile
+                for i in indices:
+                    results[i] = StepResult.failed(f"env worker {w} was restarted before answering")
+                continue
             for k, i in enumerate(indices):
                 reason = self._receive(w)
                 if isinstance(reason, StepResult):
@@ -150,6 +180,7 @@ class EnvPool:
                     results[j] = StepResult.failed(reason)
                 self._restart(w)
                 break
+        pending.owed = {}
         return [r if r is not None else StepResult.failed("no result") for r in results]
 
     def _receive(self, w: int) -> StepResult | str:
@@ -169,6 +200,7 @@ class EnvPool:
     def _restart(self, w: int) -> None:
         self._workers[w].kill()
         self._workers[w] = _Worker(self._ctx, self.factory)
+        self._generation[w] += 1
         self.restarts += 1
 
     def worker_pids(self) -> list[int]:

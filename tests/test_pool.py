@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import time
 
 import pytest
 
@@ -94,3 +95,14 @@ def test_in_process_mode_and_registered_factory():
     with EnvPool(functools.partial(FaultyEnv), num_workers=0) as pool:
         pool.reset([(0, 0, None)])
         assert "boom" in pool.step([(0, "raise")])[0].error
+
+
+def test_restart_fails_commands_still_pending_on_that_worker(pool):
+    pool.reset([(s, 0, None) for s in range(4)])
+    first = pool.step_async([(0, "crash"), (1, "a")])
+    second = pool.step_async([(2, "b"), (3, "c")])  # slot 2 lives on the worker that is about to die
+    started = time.monotonic()
+    r1, r2 = pool.collect(first), pool.collect(second)
+    assert "died" in r1[0].error and r1[1].error is None
+    assert "restarted before answering" in r2[0].error and r2[1].error is None
+    assert time.monotonic() - started < pool.timeout_s  # no wait for an answer that will never come
