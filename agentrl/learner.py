@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 from torch.utils.checkpoint import checkpoint
+from tqdm.auto import tqdm
 
 from agentrl.errors import ConfigError
 from agentrl.losses import get_policy_loss, kl_k3
@@ -214,7 +215,7 @@ class Learner:
             for start in range(0, n, size):
                 yield order[start : start + size]
 
-    def update(self, samples: Sequence[Sample], p: float) -> dict[str, float]:
+    def update(self, samples: Sequence[Sample], p: float, *, progress: bool = False) -> dict[str, float]:
         """Train on `samples` with Hölder order p; returns averaged metrics (see README "Metrics")."""
         if not samples:
             raise ValueError("update() got no samples")
@@ -225,7 +226,8 @@ class Learner:
             old, entropy = self.log_probs(self.model, samples, with_entropy=True)
         ref = self.log_probs(self.ref_model, samples)[0] if self.ref_model is not None else None
         acc = MetricAccumulator()
-        for mb in self._minibatches(len(samples)):
+        steps = self.cfg.epochs * math.ceil(len(samples) / math.ceil(len(samples) / self.cfg.mini_batches))
+        for mb in tqdm(self._minibatches(len(samples)), total=steps, desc="update", leave=False, disable=not progress):
             acc.add(self._optimizer_step(samples, mb, old, ref, p))
         metrics = acc.result()
         total_tokens = sum(len(s.input_ids) for s in samples)

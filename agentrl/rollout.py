@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from agentrl.chat import ChatTokens
 from agentrl.types import Episode, Turn
 from envs.pool import EnvPool, StepResult
@@ -84,7 +86,13 @@ class RolloutManager:
         self.timings = RolloutTimings()
 
     def run(
-        self, tasks: list[Task], *, group_size: int | None = None, seed: int = 0, sampling: SamplingParams | None = None
+        self,
+        tasks: list[Task],
+        *,
+        group_size: int | None = None,
+        seed: int = 0,
+        sampling: SamplingParams | None = None,
+        progress: bool = False,
     ) -> list[Episode]:
         """Play each task `group_size` times (same instance and env seed; different sampling) until all end."""
         g = group_size or self.cfg.group_size
@@ -109,13 +117,17 @@ class RolloutManager:
             if result.error:
                 self._finish(state, truncated=True, reason=f"env_error: {result.error}")
             live.append(state)
+        bar = tqdm(total=self.cfg.max_turns, desc="rollout", unit="turn", leave=False, disable=not progress)
         for turn in range(self.cfg.max_turns):
             active = [s for s in live if not s.done]
             if not active:
                 break
+            bar.set_postfix(active=len(active))
+            bar.update(1)
             self._turn(
                 active, replace(sampling, seed=None if sampling.seed is None else sampling.seed + seed * 7919 + turn)
             )
+        bar.close()
         for state in live:
             if not state.done:
                 self._finish(state, truncated=True, reason="max_turns")

@@ -162,13 +162,17 @@ def train(cfg: Config) -> dict[str, Any]:
     for it in range(start, cfg.trainer.iterations):
         t0 = time.perf_counter()
         tasks = c.sampler.tasks(it, cfg.rollout.tasks_per_iteration)
-        episodes = c.rollout.run(tasks, seed=it)
+        episodes = c.rollout.run(tasks, seed=it, progress=cfg.trainer.progress)
         samples = build_samples(episodes, cfg.rollout.sample_mode, adv)
         t1 = time.perf_counter()
         p = p_schedule(
             cfg.algo.p_schedule, it, cfg.trainer.iterations, cfg.algo.p_start, cfg.algo.p_end, cfg.algo.p_power
         )
-        update = c.learner.update(samples, p) if samples else {"p": p, "skipped_steps": float(c.learner.skipped_steps)}
+        update = (
+            c.learner.update(samples, p, progress=cfg.trainer.progress)
+            if samples
+            else {"p": p, "skipped_steps": float(c.learner.skipped_steps)}
+        )
         c.policy.sync_weights()
         t2 = time.perf_counter()
         row = {"iteration": it + 1, "kind": "train", **episode_stats(episodes), **c.rollout.timings.as_dict(), **update,

@@ -36,6 +36,13 @@ def clean_text(text: str) -> str:
     return text.encode("utf-8", "replace").decode("utf-8").replace("\x00", "")
 
 
+def first_named_action(reply: str, admissible: list[str] | None) -> str | None:
+    """The admissible action that occurs earliest in the reply (longest wins a tie), case-insensitively."""
+    text = reply.lower()
+    hits = [(text.find(a.lower()), -len(a), a) for a in admissible or [] if a and a.lower() in text]
+    return min(hits)[2] if hits else None
+
+
 @dataclass
 class AgentPromptFormat:
     """<think>/<action> protocol with the task, the last `history_length` (observation, action) pairs, the current
@@ -44,6 +51,8 @@ class AgentPromptFormat:
     environment: str = "a text environment"
     history_length: int = 2
     require_think: bool = False  # verl-agent only demands the action tag; set True to also demand <think>
+    reasoning: bool = True  # False: ask for the action tag alone (small models, short replies)
+    lenient: bool = False  # True: a reply without a well-formed tag that names an admissible action is valid
     system: str = "You are an expert agent. Solve the task by choosing one action per turn."
 
     def render(
@@ -64,12 +73,19 @@ class AgentPromptFormat:
         parts.append(f"You are now at step {len(history) + 1} and your current observation is: {observation}")
         if admissible:
             parts.append("Your admissible actions of the current situation are: [" + ", ".join(admissible) + "].")
-        parts.append(
-            "Now it's your turn to take an action. You should first reason step-by-step about the current situation. "
-            "This reasoning process MUST be enclosed within <think> </think> tags. Once you've finished your "
-            "reasoning, you should choose an admissible action for current step and present it within "
-            "<action> </action> tags."
-        )
+        if self.reasoning:
+            parts.append(
+                "Now it's your turn to take an action. You should first reason step-by-step about the current "
+                "situation. This reasoning process MUST be enclosed within <think> </think> tags. Once you've finished "
+                "your reasoning, you should choose an admissible action for current step and present it within "
+                "<action> </action> tags."
+            )
+        else:
+            example = admissible[0] if admissible else "look"
+            parts.append(
+                "Now it's your turn to take an action. Reply with exactly one admissible action inside <action> "
+                f"</action> tags and nothing else, for example: <action>{example}</action>"
+            )
         return [{"role": "system", "content": self.system}, {"role": "user", "content": "\n".join(parts)}]
 
     def parse(self, reply: str, admissible: list[str] | None = None) -> tuple[str, bool]:
@@ -77,7 +93,8 @@ class AgentPromptFormat:
         reply = clean_text(reply)
         found = ACTION_RE.findall(reply)
         if len(found) != 1:
-            return reply[-MAX_ACTION_CHARS:].strip(), False
+            named = first_named_action(reply, admissible) if self.lenient else None
+            return (named, True) if named else (reply[-MAX_ACTION_CHARS:].strip(), False)
         action = " ".join(found[0].split()).strip()
         valid = 0 < len(action) <= MAX_ACTION_CHARS and (not self.require_think or bool(THINK_RE.search(reply)))
         return action, valid
@@ -121,9 +138,6 @@ class WordChoicePromptFormat:
         return [{"role": "system", "content": self.system}, {"role": "user", "content": f"{observation}{choices}"}]
 
     def parse(self, reply: str, admissible: list[str] | None = None) -> tuple[str, bool]:
-        reply = clean_text(reply).lower()
-        words = admissible or []
-        hits = [(reply.find(w), w) for w in words if w in reply]
-        if not hits:
-            return reply.strip()[:MAX_ACTION_CHARS], False
-        return min(hits)[1], True
+        reply = clean_text(reply)
+        named = first_named_action(reply, admissible)
+        return (named, True) if named else (reply.strip()[:MAX_ACTION_CHARS], False)

@@ -154,3 +154,14 @@ def test_agent_prompt_format_render_and_parse():
     assert fmt.parse("<action></action>")[1] is False
     assert fmt.parse("<action>" + "x" * 500 + "</action>")[1] is False
     assert AgentPromptFormat(require_think=True).parse("<action>look</action>")[1] is False
+
+
+def test_lenient_parsing_and_action_only_instruction():
+    strict, lenient = AgentPromptFormat(), AgentPromptFormat(lenient=True, reasoning=False)
+    admissible = ["go to bed 1", "go to bed 10", "look"]
+    assert strict.parse("(R)go to bed 1\n", admissible) == ("(R)go to bed 1", False)
+    assert lenient.parse("(R)go to bed 10 now", admissible) == ("go to bed 10", True)  # longest at the same place
+    assert lenient.parse("nothing useful", admissible)[1] is False
+    assert lenient.parse("<action>look</action>", admissible) == ("look", True)
+    text = lenient.render("t", [], "obs", admissible)[-1]["content"]
+    assert "<think>" not in text and "<action>go to bed 1</action>" in text
