@@ -14,6 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from agentrl.errors import ConfigError, unknown_name_message
+from agentrl.learner import LearnerConfig
+from agentrl.rollout import RolloutConfig
+from agentrl.samples import AdvantageConfig
+from policies.base import SamplingParams
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -41,51 +45,56 @@ class ModelConfig:
 @dataclass
 class AlgoConfig:
     name: str = "holderpo"
-    loss: str = "holder_seq"
+    loss: str = LearnerConfig.loss
     loss_kwargs: dict[str, Any] = field(default_factory=dict)
     p_schedule: str = "linear"
     p_start: float = 1.0
     p_end: float = -1.0
     p_power: float = 2.0
-    clip_low: float = 0.2
-    clip_high: float = 0.2
-    std_normalize: bool = True  # False: Dr.GRPO
-    adv_statistics: str = "rows"  # "rows" (verl-agent) | "episodes"
+    clip_low: float = LearnerConfig.clip_low
+    clip_high: float = LearnerConfig.clip_high
+    std_normalize: bool = AdvantageConfig.std_normalize  # False: Dr.GRPO
+    adv_statistics: str = AdvantageConfig.statistics  # "rows" (verl-agent) | "episodes"
 
 
 @dataclass
 class RolloutSettings:
-    group_size: int = 8
-    tasks_per_iteration: int = 16
-    max_turns: int = 50
-    history_length: int = 2
-    max_prompt_tokens: int = 2048
-    invalid_penalty: float = 0.1
-    length_limited_is_invalid: bool = True
-    sample_mode: str = "window"
-    num_workers: int = 2
-    env_timeout_s: float = 120.0
-    temperature: float = 1.0
-    top_p: float = 1.0
+    """The rollout group; defaults come from the library's RolloutConfig (one home per default)."""
+
+    group_size: int = RolloutConfig.group_size
+    tasks_per_iteration: int = RolloutConfig.tasks_per_iteration
+    max_turns: int = RolloutConfig.max_turns
+    history_length: int = RolloutConfig.history_length
+    max_prompt_tokens: int = RolloutConfig.max_prompt_tokens
+    invalid_penalty: float = RolloutConfig.invalid_penalty
+    length_limited_is_invalid: bool = RolloutConfig.length_limited_is_invalid
+    sample_mode: str = RolloutConfig.sample_mode
+    num_workers: int = RolloutConfig.num_workers
+    env_timeout_s: float = RolloutConfig.env_timeout_s
+    pipeline_chunks: int = RolloutConfig.pipeline_chunks
+    temperature: float = SamplingParams.temperature
+    top_p: float = SamplingParams.top_p
     max_new_tokens: int = 512
     stop: list[str] = field(default_factory=list)
     generation_batch_size: int = 64
     eval_temperature: float = 0.4  # 0 = greedy
-    eval_max_turns: int = 50
+    eval_max_turns: int = RolloutConfig.max_turns
 
 
 @dataclass
 class TrainerConfig:
+    """The trainer group; learner defaults come from the library's LearnerConfig."""
+
     iterations: int = 150
-    lr: float = 1e-6
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    mini_batches: int = 2
-    epochs: int = 1
-    micro_batch_tokens: int = 8192
-    logprob_chunk: int = 1024
-    kl_coef: float = 0.0
-    dtype: str = "fp32"
+    lr: float = LearnerConfig.lr
+    weight_decay: float = LearnerConfig.weight_decay
+    max_grad_norm: float = LearnerConfig.max_grad_norm
+    mini_batches: int = LearnerConfig.mini_batches
+    epochs: int = LearnerConfig.epochs
+    micro_batch_tokens: int = LearnerConfig.micro_batch_tokens
+    logprob_chunk: int = LearnerConfig.logprob_chunk
+    kl_coef: float = LearnerConfig.kl_coef
+    dtype: str = LearnerConfig.dtype
     seed: int = 0
     run_dir: str = "runs/${experiment}"
     checkpoint_every: int = 10
@@ -183,9 +192,7 @@ def validate_config(cfg: Config) -> None:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
 
 
-def learner_config(cfg: Config):
-    from agentrl.learner import LearnerConfig
-
+def learner_config(cfg: Config) -> LearnerConfig:
     return LearnerConfig(
         loss=cfg.algo.loss, loss_kwargs=dict(cfg.algo.loss_kwargs), clip_low=cfg.algo.clip_low,
         clip_high=cfg.algo.clip_high, lr=cfg.trainer.lr, weight_decay=cfg.trainer.weight_decay,

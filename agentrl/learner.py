@@ -219,9 +219,11 @@ class Learner:
         """Train on `samples` with Hölder order p; returns averaged metrics (see README "Metrics")."""
         if not samples:
             raise ValueError("update() got no samples")
+        entropy: float | None = None
         if self.cfg.use_rollout_log_probs and all(s.old_log_probs is not None for s in samples):
             old = [torch.tensor(s.old_log_probs, dtype=torch.float32) for s in samples]
-            _, entropy = self.log_probs(self.model, samples, with_entropy=True)
+        elif self.cfg.mini_batches * self.cfg.epochs == 1:
+            old = None  # one on-policy step: π_old = π_θ, so the ratios are 1 by construction; skip a forward pass
         else:
             old, entropy = self.log_probs(self.model, samples, with_entropy=True)
         ref = self.log_probs(self.ref_model, samples)[0] if self.ref_model is not None else None
@@ -231,9 +233,10 @@ class Learner:
             acc.add(self._optimizer_step(samples, mb, old, ref, p))
         metrics = acc.result()
         total_tokens = sum(len(s.input_ids) for s in samples)
+        if entropy is not None:
+            metrics["entropy"] = entropy
         metrics.update(
             p=p,
-            entropy=entropy,
             skipped_steps=float(self.skipped_steps),
             action_tokens=float(sum(s.num_action_tokens for s in samples)),
             action_token_frac=sum(s.num_action_tokens for s in samples) / max(total_tokens, 1),
@@ -258,12 +261,13 @@ class Learner:
             batch = collate(samples, group, self.device)
             padded += batch.input_ids.numel()
             with self._autocast():
-                lp, _ = token_log_probs(
-                    self.model, batch, chunk=self.cfg.logprob_chunk, temperature=self.cfg.temperature
-                )
+                lp, ent = token_log_probs(
+                    self.model, batch, chunk=self.cfg.logprob_chunk, temperature=self.cfg.temperature,
+                    with_entropy=old is None,
+                )  # fmt: skip
             mask = batch.action_mask
             loss, metrics = self.loss_fn(
-                lp, self._padded(old, batch), batch.advantages, mask,
+                lp, lp.detach() if old is None else self._padded(old, batch), batch.advantages, mask,
                 p=p, clip_low=self.cfg.clip_low, clip_high=self.cfg.clip_high,
                 num_seqs=num_seqs, num_tokens=num_tokens, **self.cfg.loss_kwargs,
             )  # fmt: skip
@@ -271,6 +275,8 @@ class Learner:
                 kl = kl_k3(lp, self._padded(ref, batch), mask, num_tokens=num_tokens)
                 loss = loss + self.cfg.kl_coef * kl
                 metrics["kl"] = kl.detach() * num_tokens / max(int(mask.sum()), 1)
+            if ent is not None:
+                metrics["entropy"] = ent.mean() if ent.numel() else torch.zeros(())
             loss.backward()
             total_loss += float(loss.detach())
             acc.add(metrics, weight=len(group))

@@ -24,7 +24,7 @@ from policies.base import Policy, SamplingParams
 @dataclass
 class RolloutConfig:
     group_size: int = 8
-    tasks_per_iteration: int = 8
+    tasks_per_iteration: int = 16
     max_turns: int = 50
     history_length: int = 2
     max_prompt_tokens: int = 2048
@@ -32,7 +32,7 @@ class RolloutConfig:
     length_limited_is_invalid: bool = True  # a reply cut by max_new_tokens counts as invalid
     sample_mode: str = "window"  # "window" | "full"
     num_workers: int = 2  # env worker processes; 0 = in-process
-    env_timeout_s: float = 60.0
+    env_timeout_s: float = 120.0
     pipeline_chunks: int = 2  # >1: generate chunk k+1 while the env workers step chunk k (hides env time)
     sampling: SamplingParams = field(default_factory=lambda: SamplingParams(temperature=1.0, max_new_tokens=512))
 

@@ -61,7 +61,7 @@ def rollout_config(cfg: Config, *, evaluation: bool = False) -> RolloutConfig:
         max_turns=r.eval_max_turns if evaluation else r.max_turns, history_length=r.history_length,
         max_prompt_tokens=r.max_prompt_tokens, invalid_penalty=r.invalid_penalty,
         length_limited_is_invalid=r.length_limited_is_invalid, sample_mode=r.sample_mode, num_workers=r.num_workers,
-        env_timeout_s=r.env_timeout_s, sampling=sampling,
+        env_timeout_s=r.env_timeout_s, pipeline_chunks=r.pipeline_chunks, sampling=sampling,
     )  # fmt: skip
 
 
