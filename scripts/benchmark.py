@@ -13,6 +13,9 @@ Sections:
   padding  computed tokens that are padding, with and without length-grouped micro-batches; peak memory (RSS) of
            log-prob computation with full-vocabulary logits vs our chunked path (each in a fresh subprocess)
   rollout  ALFWorld episodes: generation / env / prompt time; env steps/s with 1 and 2 workers
+  peer     TRL's GRPOTrainer vs our trainer on the identical single-turn GSM8K workload (same model, prompts,
+           group size, forced completion length, fp32, CPU, transformers generation); needs `pip install trl`
+           in the benchmark environment (not a project dependency)
 Results print as a table and go to --out (JSON). Timed numbers never gate CI.
 """
 
@@ -213,6 +216,119 @@ def bench_rollout(model, tok, quick: bool) -> dict[str, Any]:
     return out
 
 
+PEER_PROMPTS, PEER_GROUP, PEER_LENGTH, PEER_STEPS = 2, 4, 32, 4
+
+
+def gsm8k_rows(n: int) -> list[dict[str, Any]]:
+    """The prompts our Math env renders (same messages in both trainers) and the reference answers."""
+    from envs.prompting import AnswerPromptFormat
+
+    data = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k_test.jsonl"
+    rows = [json.loads(x) for x in data.read_text().splitlines()[:n]]
+    fmt = AnswerPromptFormat()
+    return [{"prompt": fmt.render("", [], r["question"], None), "answer": r["final"]} for r in rows]
+
+
+def math_reward(completions: list, answer: list[str], **_: Any) -> list[float]:
+    """The Math env's grading (last boxed answer, fallbacks, math-verify) for TRL's reward hook."""
+    from envs.math_env import extract_answer, verify_answer
+
+    rewards = []
+    for completion, reference in zip(completions, answer):
+        text = completion[-1]["content"] if isinstance(completion, list) else completion
+        extracted, _ = extract_answer(text)
+        rewards.append(float(extracted is not None and verify_answer(reference, extracted, 5)[0]))
+    return rewards
+
+
+def bench_peer(quick: bool) -> dict[str, Any]:
+    """Seconds per iteration (median after one warm-up) for TRL GRPOTrainer and for agentrl, same process."""
+    import importlib.util
+
+    if importlib.util.find_spec("trl") is None:
+        raise SystemExit("the peer section needs TRL in the benchmark environment: pip install trl")
+    steps = PEER_STEPS
+    ours = _ours_iterations(quick, steps)
+    theirs = _trl_iterations(quick, steps)
+    out = {"workload": f"{PEER_PROMPTS} GSM8K prompts x group {PEER_GROUP}, {PEER_LENGTH} new tokens forced, fp32, CPU"}
+    for name, times in (("agentrl", ours), ("trl", theirs)):
+        for phase, values in times.items():
+            out[f"{name}_{phase}_s"] = statistics.median(values[1:])
+    out["trl_over_agentrl_iteration"] = out["trl_iteration_s"] / out["agentrl_iteration_s"]
+    return out
+
+
+def _ours_iterations(quick: bool, steps: int) -> dict[str, list[float]]:
+    import envs
+    from agentrl.learner import LearnerConfig
+    from agentrl.rollout import RolloutConfig, RolloutManager, Task
+    from agentrl.samples import build_samples
+    from envs.pool import EnvPool, env_factory
+    from policies.base import SamplingParams
+    from policies.hf import HFPolicy
+
+    model, tok = load(quick)
+    data = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k_test.jsonl"
+    sampling = SamplingParams(temperature=1.0, max_new_tokens=PEER_LENGTH, min_new_tokens=PEER_LENGTH, seed=0)
+    cfg = RolloutConfig(group_size=PEER_GROUP, max_turns=1, num_workers=0, invalid_penalty=0.0,
+                        length_limited_is_invalid=False, sampling=sampling)  # fmt: skip
+    learner = Learner(model, LearnerConfig(lr=1e-6, mini_batches=1, loss="grpo"))
+    times: dict[str, list[float]] = {"iteration": [], "generation": [], "update": []}
+    with EnvPool(env_factory("agentrl/Math-v0", data_path=str(data)), num_workers=0) as pool:
+        manager = RolloutManager(pool, HFPolicy(model, tok), tok, envs.make_prompt_format("agentrl/Math-v0"), cfg)
+        for it in range(steps):
+            started = time.perf_counter()
+            tasks = [Task(it * PEER_PROMPTS + k, 0, f"{it}-{k}") for k in range(PEER_PROMPTS)]
+            samples = build_samples(manager.run(tasks, seed=it))
+            middle = time.perf_counter()
+            learner.update(samples, p=1.0)
+            done = time.perf_counter()
+            times["iteration"].append(done - started)
+            times["generation"].append(middle - started)
+            times["update"].append(done - middle)
+    return times
+
+
+def _trl_iterations(quick: bool, steps: int) -> dict[str, list[float]]:
+    import tempfile
+
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    model, tok = load(quick)
+    dataset = Dataset.from_list(gsm8k_rows(PEER_PROMPTS * steps))
+    args = GRPOConfig(
+        output_dir=tempfile.mkdtemp(), per_device_train_batch_size=PEER_PROMPTS * PEER_GROUP,
+        num_generations=PEER_GROUP, max_completion_length=PEER_LENGTH, generation_kwargs={"min_new_tokens": PEER_LENGTH},
+        max_steps=steps, learning_rate=1e-6, beta=0.0, num_iterations=1, use_cpu=True, bf16=False, fp16=False,
+        report_to=[], save_strategy="no", logging_steps=1, temperature=1.0, shuffle_dataset=False, seed=0,
+    )  # fmt: skip
+    trainer = GRPOTrainer(model=model, processing_class=tok, reward_funcs=math_reward, args=args, train_dataset=dataset)
+    times: dict[str, list[float]] = {"iteration": [], "generation": [], "update": []}
+    generate = trainer._generate_and_score_completions
+
+    def timed_generate(*a, **k):
+        started = time.perf_counter()
+        result = generate(*a, **k)
+        times["generation"].append(time.perf_counter() - started)
+        return result
+
+    trainer._generate_and_score_completions = timed_generate
+
+    class StepTimer(TrainerCallback):
+        def on_step_begin(self, *a, **k):
+            self.started = time.perf_counter()
+
+        def on_step_end(self, *a, **k):
+            times["iteration"].append(time.perf_counter() - self.started)
+
+    trainer.add_callback(StepTimer())
+    trainer.train()
+    times["update"] = [i - g for i, g in zip(times["iteration"], times["generation"])]
+    return times
+
+
 def gpu_bench() -> dict[str, Any]:
     """Random-init Qwen2.5-0.5B / 1.5B shapes in bf16: learner tokens/s + MFU, generation tokens/s."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
@@ -297,6 +413,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         report["padding"] = {**padding_fraction(samples, 4096), **logprob_memory(args.quick)}
     if "rollout" in args.sections:
         report["rollout"] = bench_rollout(model, tok, args.quick)
+    if "peer" in args.sections:
+        report["peer"] = bench_peer(args.quick)
     Path(args.out).write_text(json.dumps(report, indent=1))
     for section, values in report.items():
         if isinstance(values, dict):
