@@ -82,15 +82,21 @@ def collate(samples: Sequence[Sample], index: Sequence[int], device: torch.devic
     return Batch(ids.to(device), att.to(device), act.to(device), adv.to(device), list(index))
 
 
-def length_grouped(samples: Sequence[Sample], index: Sequence[int], token_budget: int) -> list[list[int]]:
-    """Split `index` into micro-batches of similar length whose padded size (rows × longest) fits the budget."""
+def length_grouped(
+    samples: Sequence[Sample], index: Sequence[int], token_budget: int, max_padding: float = 0.1
+) -> list[list[int]]:
+    """Split `index` into micro-batches of similar length: padded size (rows × longest) within the budget, and
+    every row at least (1 − max_padding) × the longest, so padding stays under `max_padding` of computed tokens."""
     order = sorted(index, key=lambda i: -len(samples[i].input_ids))
     groups: list[list[int]] = []
     for i in order:
-        if groups and (len(groups[-1]) + 1) * len(samples[groups[-1][0]].input_ids) <= token_budget:
-            groups[-1].append(i)
-        else:
-            groups.append([i])
+        if groups:
+            longest = len(samples[groups[-1][0]].input_ids)
+            fits = (len(groups[-1]) + 1) * longest <= token_budget
+            if fits and len(samples[i].input_ids) >= (1.0 - max_padding) * longest:
+                groups[-1].append(i)
+                continue
+        groups.append([i])
     return groups
 
 

@@ -9,6 +9,7 @@ like the game, e.g. "Nothing happens.") and cost `invalid_penalty`. Every prompt
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -98,14 +99,12 @@ class RolloutManager:
         g = group_size or self.cfg.group_size
         sampling = sampling or self.cfg.sampling
         self.timings = RolloutTimings()
-        requests = [
-            (slot, t.seed, {"instance": t.instance}) for slot, t in enumerate(x for x in tasks for _ in range(g))
-        ]
+        members = [t for t in tasks for _ in range(g)]  # slot = position; a group's copies share instance and seed
         started = time.perf_counter()
-        resets = self.pool.reset(requests)
+        resets = self.pool.reset([(slot, t.seed, {"instance": t.instance}) for slot, t in enumerate(members)])
         self.timings.env_s += time.perf_counter() - started
         live = []
-        for slot, (task, result) in enumerate(zip((x for x in tasks for _ in range(g)), resets)):
+        for slot, (task, result) in enumerate(zip(members, resets)):
             ep = Episode(
                 slot,
                 task.group_id,
@@ -223,6 +222,10 @@ class RolloutManager:
 
     @staticmethod
     def _finish(state: _Live, *, truncated: bool, reason: str) -> None:
+        if reason.startswith("env_error"):  # the episode ends truncated; the run goes on, but say why
+            warnings.warn(
+                f"episode {state.episode.episode_id} ({state.episode.instance}) ended: {reason}", stacklevel=2
+            )
         state.done = True
         state.episode.truncated = truncated
         state.episode.truncation_reason = reason

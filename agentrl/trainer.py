@@ -154,39 +154,41 @@ def train(cfg: Config) -> dict[str, Any]:
     c = Components(cfg)
     log = MetricsLog(run_dir, tensorboard=cfg.trainer.tensorboard, wandb=cfg.trainer.wandb,
                      project=cfg.trainer.wandb_project, config=asdict(cfg))  # fmt: skip
-    start = resume(c, cfg, run_dir, log)
-    before = after = None
-    if start == 0 and cfg.trainer.eval_before:
-        log.write(before := evaluate(c, cfg, 0))
-    adv = AdvantageConfig(std_normalize=cfg.algo.std_normalize, statistics=cfg.algo.adv_statistics)
-    for it in range(start, cfg.trainer.iterations):
-        t0 = time.perf_counter()
-        tasks = c.sampler.tasks(it, cfg.rollout.tasks_per_iteration)
-        episodes = c.rollout.run(tasks, seed=it, progress=cfg.trainer.progress)
-        samples = build_samples(episodes, cfg.rollout.sample_mode, adv)
-        t1 = time.perf_counter()
-        p = p_schedule(
-            cfg.algo.p_schedule, it, cfg.trainer.iterations, cfg.algo.p_start, cfg.algo.p_end, cfg.algo.p_power
-        )
-        update = (
-            c.learner.update(samples, p, progress=cfg.trainer.progress)
-            if samples
-            else {"p": p, "skipped_steps": float(c.learner.skipped_steps)}
-        )
-        c.policy.sync_weights()
-        t2 = time.perf_counter()
-        row = {"iteration": it + 1, "kind": "train", **episode_stats(episodes), **c.rollout.timings.as_dict(), **update,
-               "samples": len(samples), "time/rollout_s": t1 - t0, "time/update_s": t2 - t1,
-               "tokens_per_s": sum(len(s.input_ids) for s in samples) / max(t2 - t1, 1e-9)}  # fmt: skip
-        log.write(row)
-        print(console_line(row), flush=True)
-        if (it + 1) % cfg.trainer.eval_every == 0 or it + 1 == cfg.trainer.iterations:
-            log.write(after := evaluate(c, cfg, it + 1))
-        if (it + 1) % cfg.trainer.checkpoint_every == 0 or it + 1 == cfg.trainer.iterations:
-            state = {"learner": c.learner.state_dict(), "sampler_position": it + 1}
-            save_checkpoint(run_dir, it + 1, c.model, c.tokenizer, state, cfg.trainer.keep_checkpoints)
-    c.close()
-    log.close()
+    try:
+        start = resume(c, cfg, run_dir, log)
+        before = after = None
+        if start == 0 and cfg.trainer.eval_before:
+            log.write(before := evaluate(c, cfg, 0))
+        adv = AdvantageConfig(std_normalize=cfg.algo.std_normalize, statistics=cfg.algo.adv_statistics)
+        for it in range(start, cfg.trainer.iterations):
+            t0 = time.perf_counter()
+            tasks = c.sampler.tasks(it, cfg.rollout.tasks_per_iteration)
+            episodes = c.rollout.run(tasks, seed=it, progress=cfg.trainer.progress)
+            samples = build_samples(episodes, cfg.rollout.sample_mode, adv)
+            t1 = time.perf_counter()
+            p = p_schedule(
+                cfg.algo.p_schedule, it, cfg.trainer.iterations, cfg.algo.p_start, cfg.algo.p_end, cfg.algo.p_power
+            )
+            update = (
+                c.learner.update(samples, p, progress=cfg.trainer.progress)
+                if samples
+                else {"p": p, "skipped_steps": float(c.learner.skipped_steps)}
+            )
+            c.policy.sync_weights()
+            t2 = time.perf_counter()
+            row = {"iteration": it + 1, "kind": "train", **episode_stats(episodes), **c.rollout.timings.as_dict(), **update,
+                   "samples": len(samples), "time/rollout_s": t1 - t0, "time/update_s": t2 - t1,
+                   "tokens_per_s": sum(len(s.input_ids) for s in samples) / max(t2 - t1, 1e-9)}  # fmt: skip
+            log.write(row)
+            print(console_line(row), flush=True)
+            if (it + 1) % cfg.trainer.eval_every == 0 or it + 1 == cfg.trainer.iterations:
+                log.write(after := evaluate(c, cfg, it + 1))
+            if (it + 1) % cfg.trainer.checkpoint_every == 0 or it + 1 == cfg.trainer.iterations:
+                state = {"learner": c.learner.state_dict(), "sampler_position": it + 1}
+                save_checkpoint(run_dir, it + 1, c.model, c.tokenizer, state, cfg.trainer.keep_checkpoints)
+    finally:
+        c.close()
+        log.close()
     print_summary(before, after, run_dir)
     return {"run_dir": run_dir, "before": before, "after": after}
 

@@ -90,6 +90,8 @@ def bench_learner(model, samples: list[Sample], peak: float) -> dict[str, Any]:
     tokens = sum(len(s.input_ids) for s in samples)
     learner = Learner(model, LearnerConfig(lr=1e-7, mini_batches=2, micro_batch_tokens=4096))
     update_s = timeit(lambda: learner.update(samples, p=1.0), repeat=2)
+    single = Learner(model, LearnerConfig(lr=1e-7, mini_batches=1, micro_batch_tokens=4096))
+    single_s = timeit(lambda: single.update(samples, p=1.0), repeat=2)
     groups = length_grouped(samples, range(len(samples)), 4096)
 
     def plain_forward_backward():
@@ -104,7 +106,9 @@ def bench_learner(model, samples: list[Sample], peak: float) -> dict[str, Any]:
         "tokens": tokens, "params": params, "update_s": update_s, "plain_fwd_bwd_s": plain_s,
         "update_tokens_per_s": tokens / update_s, "plain_tokens_per_s": tokens / plain_s,
         "learner_vs_plain": plain_s / update_s,
-        "note": "update = old-logprob forward (no grad) + forward/backward over 2 mini-batches; plain = 1 fwd+bwd",
+        "single_step_update_s": single_s, "single_step_vs_plain": plain_s / single_s,
+        "note": "update = old-logprob forward (no grad) + forward/backward over 2 mini-batches; single step (one "
+        "on-policy mini-batch) needs no old-logprob pass; plain = 1 fwd+bwd with full-vocabulary logits",
         "mfu_vs_fp32_peak": flops / update_s / (peak * 1e9),
     }  # fmt: skip
 
@@ -152,16 +156,19 @@ sys.path.insert(0, {root!r})
 from scripts.benchmark import load, alfworld_batch
 from agentrl.learner import collate, token_log_probs
 model, tok = load({quick})
-samples = alfworld_batch(len(tok), 8, {quick})
-batch = collate(samples, range(8), torch.device("cpu"))
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+samples = alfworld_batch(len(tok), 4, {quick})
+batch = collate(samples, range(4), torch.device("cpu"))
+def status(key):
+    return next(int(x.split()[1]) for x in open("/proc/self/status") if x.startswith(key))
+open("/proc/self/clear_refs", "w").write("5")  # reset the peak (VmHWM) to the current RSS
+base = status("VmRSS:")
 if {chunked}:
     lp, _ = token_log_probs(model, batch, chunk=1024)
 else:
     logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits.float()
     lp = torch.log_softmax(logits, -1)
 lp.sum().backward()
-print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)
+print((status("VmHWM:") - base) / 1024)
 """
 
 
@@ -170,8 +177,12 @@ def logprob_memory(quick: bool) -> dict[str, float]:
     out = {}
     for chunked in (False, True):
         code = LOGPROB_CHILD.format(root=root, quick=quick, chunked=chunked)
-        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root)
-        out["logprob_peak_mb_" + ("chunked" if chunked else "full_logits")] = float(res.stdout.strip().splitlines()[-1])
+        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root)
+        key = "logprob_peak_mb_" + ("chunked" if chunked else "full_logits")
+        if res.returncode != 0:  # a measured outcome too (e.g. killed for memory): record it, don't hide it
+            out[key] = f"failed (exit {res.returncode}): {res.stderr.strip().splitlines()[-1:] or ''}"
+            continue
+        out[key] = float(res.stdout.strip().splitlines()[-1])
     return out
 
 
@@ -399,23 +410,33 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(json.dumps(report, indent=1))
         return report
     model, tok = load(args.quick)
-    samples = alfworld_batch(len(tok), 16 if args.quick else 12, args.quick)
+    samples = alfworld_batch(len(tok), 16 if args.quick else 8, args.quick)
+    out = Path(args.out)
+
+    def save() -> None:  # after every section, so a long run keeps what it measured
+        out.write_text(json.dumps(report, indent=1))
+
     if "peak" in args.sections or "learner" in args.sections:
         report["peak"] = matmul_peak(512 if args.quick else 2048)
     if "learner" in args.sections:
         report["learner"] = bench_learner(model, samples, report["peak"]["matmul_fp32_gflops"])
+        save()
     if "loss" in args.sections:
         report["loss"] = bench_losses(*((16, 128) if args.quick else (64, 1024)))
         if "learner" in report:
             step_ms = 1000 * report["learner"]["update_s"]
-            report["loss"]["holder_seq_extra_share_of_step"] = report["loss"]["holder_seq_minus_grpo_ms"] * 2 / step_ms
+            for name in ("holder_seq", "holder_token"):  # the loss runs once per optimizer step (2 per update)
+                report["loss"][f"{name}_extra_share_of_step"] = report["loss"][f"{name}_minus_grpo_ms"] * 2 / step_ms
     if "padding" in args.sections:
         report["padding"] = {**padding_fraction(samples, 4096), **logprob_memory(args.quick)}
+        save()
     if "rollout" in args.sections:
         report["rollout"] = bench_rollout(model, tok, args.quick)
+        save()
     if "peer" in args.sections:
         report["peer"] = bench_peer(args.quick)
-    Path(args.out).write_text(json.dumps(report, indent=1))
+        save()
+    save()
     for section, values in report.items():
         if isinstance(values, dict):
             print(f"[{section}]")

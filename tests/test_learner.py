@@ -37,8 +37,12 @@ def test_length_grouping_respects_budget_and_covers_all():
     samples = random_samples(30, 100, seed=2, min_len=5, max_len=60)
     groups = length_grouped(samples, range(30), token_budget=128)
     assert sorted(i for g in groups for i in g) == list(range(30))
+    padded = 0
     for g in groups:
-        assert len(g) * max(len(samples[i].input_ids) for i in g) <= max(128, len(samples[g[0]].input_ids))
+        longest = max(len(samples[i].input_ids) for i in g)
+        assert len(g) * longest <= max(128, len(samples[g[0]].input_ids))
+        padded += len(g) * longest
+    assert 1 - sum(len(s.input_ids) for s in samples) / padded < 0.1
 
 
 def test_every_trainable_parameter_changes():
