@@ -221,9 +221,10 @@ def bench_rollout(model, tok, quick: bool) -> dict[str, Any]:
         manager.run([Task(i, i, f"g{i}") for i in range(2)])
         wall = time.perf_counter() - started
     t = manager.timings
-    out.update(episodes=8, wall_s=wall, generation_s=t.generation_s, env_s=t.env_s, prompt_s=t.prompt_s,
-               other_s=wall - t.generation_s - t.env_s - t.prompt_s, generated_tokens=t.generated_tokens,
-               env_time_hidden_behind_generation=0.0)  # fmt: skip
+    out.update(episodes=8, wall_s=wall, generation_s=t.generation_s, env_reset_s=t.env_s, env_wait_s=t.env_wait_s,
+               env_busy_s=t.env_busy_s, prompt_s=t.prompt_s, generated_tokens=t.generated_tokens,
+               other_s=wall - t.generation_s - t.env_s - t.env_wait_s - t.prompt_s,
+               env_hidden_frac=t.as_dict()["rollout/env_hidden_frac"])  # fmt: skip
     return out
 
 
