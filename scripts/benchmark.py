@@ -92,6 +92,8 @@ def bench_learner(model, samples: list[Sample], peak: float) -> dict[str, Any]:
     update_s = timeit(lambda: learner.update(samples, p=1.0), repeat=2)
     single = Learner(model, LearnerConfig(lr=1e-7, mini_batches=1, micro_batch_tokens=4096))
     single_s = timeit(lambda: single.update(samples, p=1.0), repeat=2)
+    bf16 = Learner(model, LearnerConfig(lr=1e-7, mini_batches=2, micro_batch_tokens=4096, dtype="bf16"))
+    bf16_s = timeit(lambda: bf16.update(samples, p=1.0), repeat=2)
     groups = length_grouped(samples, range(len(samples)), 4096)
 
     def plain_forward_backward():
@@ -107,6 +109,7 @@ def bench_learner(model, samples: list[Sample], peak: float) -> dict[str, Any]:
         "update_tokens_per_s": tokens / update_s, "plain_tokens_per_s": tokens / plain_s,
         "learner_vs_plain": plain_s / update_s,
         "single_step_update_s": single_s, "single_step_vs_plain": plain_s / single_s,
+        "bf16_autocast_update_s": bf16_s, "bf16_autocast_speedup": update_s / bf16_s,
         "note": "update = old-logprob forward (no grad) + forward/backward over 2 mini-batches; single step (one "
         "on-policy mini-batch) needs no old-logprob pass; plain = 1 fwd+bwd with full-vocabulary logits",
         "mfu_vs_fp32_peak": flops / update_s / (peak * 1e9),
