@@ -222,25 +222,34 @@ class Learner:
                 yield order[start : start + size]
 
     def update(self, samples: Sequence[Sample], p: float, *, progress: bool = False) -> dict[str, float]:
-        """Train on `samples` with Hölder order p; returns averaged metrics (see README "Metrics")."""
+        """Train on `samples` with Hölder order p; returns averaged metrics (see README "Metrics").
+
+        Old log-probs: the first mini-batch is on-policy (π_old = π_θ), so its old log-probs are its own detached
+        log-probs from the training forward; only the other samples need a no-grad pass before the first step.
+        """
         if not samples:
             raise ValueError("update() got no samples")
+        minibatches = list(self._minibatches(len(samples)))
         entropy: float | None = None
+        old: list[torch.Tensor | None] = [None] * len(samples)
         if self.cfg.use_rollout_log_probs and all(s.old_log_probs is not None for s in samples):
             old = [torch.tensor(s.old_log_probs, dtype=torch.float32) for s in samples]
-        elif self.cfg.mini_batches * self.cfg.epochs == 1:
-            old = None  # one on-policy step: π_old = π_θ, so the ratios are 1 by construction; skip a forward pass
         else:
-            old, entropy = self.log_probs(self.model, samples, with_entropy=True)
+            first = set(minibatches[0])
+            rest = [i for i in range(len(samples)) if i not in first]
+            if rest:
+                rest_lp, entropy = self.log_probs(self.model, [samples[i] for i in rest], with_entropy=True)
+                for i, lp in zip(rest, rest_lp):
+                    old[i] = lp
         ref = self.log_probs(self.ref_model, samples)[0] if self.ref_model is not None else None
         acc = MetricAccumulator()
-        steps = self.cfg.epochs * math.ceil(len(samples) / math.ceil(len(samples) / self.cfg.mini_batches))
-        for mb in tqdm(self._minibatches(len(samples)), total=steps, desc="update", leave=False, disable=not progress):
+        for mb in tqdm(minibatches, desc="update", leave=False, disable=not progress):
             acc.add(self._optimizer_step(samples, mb, old, ref, p))
         metrics = acc.result()
         total_tokens = sum(len(s.input_ids) for s in samples)
-        if entropy is not None:
-            metrics["entropy"] = entropy
+        if entropy is not None and "entropy" in metrics:  # training-pass entropy of the first mini-batch, blended
+            share = len(minibatches[0]) / len(samples)
+            metrics["entropy"] = share * metrics["entropy"] + (1 - share) * entropy
         metrics.update(
             p=p,
             skipped_steps=float(self.skipped_steps),
@@ -266,14 +275,18 @@ class Learner:
         for group in length_grouped(samples, mb, self.cfg.micro_batch_tokens):
             batch = collate(samples, group, self.device)
             padded += batch.input_ids.numel()
+            on_policy = old is None or all(old[i] is None for i in group)
             with self._autocast():
                 lp, ent = token_log_probs(
                     self.model, batch, chunk=self.cfg.logprob_chunk, temperature=self.cfg.temperature,
-                    with_entropy=old is None,
+                    with_entropy=on_policy,
                 )  # fmt: skip
+            if on_policy and old is not None:  # keep them: later epochs need these samples' old log-probs
+                for row, i in enumerate(group):
+                    old[i] = lp[row, : len(samples[i].input_ids)].detach().cpu()
             mask = batch.action_mask
             loss, metrics = self.loss_fn(
-                lp, lp.detach() if old is None else self._padded(old, batch), batch.advantages, mask,
+                lp, lp.detach() if on_policy else self._padded(old, batch), batch.advantages, mask,
                 p=p, clip_low=self.cfg.clip_low, clip_high=self.cfg.clip_high,
                 num_seqs=num_seqs, num_tokens=num_tokens, **self.cfg.loss_kwargs,
             )  # fmt: skip
