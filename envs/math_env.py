@@ -89,8 +89,10 @@ def load_problems(path: str, problem_key: str | None, answer_key: str | None) ->
     if not file.exists():
         raise FileNotFoundError(f"math data file {file} does not exist; give a JSONL/Parquet path or data_path=null")
     if file.suffix == ".parquet":
-        import pandas as pd  # optional; only for Parquet
-
+        try:
+            import pandas as pd  # optional; only for Parquet
+        except ImportError:
+            raise ImportError(f"reading {file} needs pandas and pyarrow: pip install pandas pyarrow") from None
         rows = pd.read_parquet(file).to_dict("records")
     else:
         rows = [json.loads(line) for line in file.read_text().splitlines() if line.strip()]

@@ -165,3 +165,24 @@ def test_lenient_parsing_and_action_only_instruction():
     assert lenient.parse("<action>look</action>", admissible) == ("look", True)
     text = lenient.render("t", [], "obs", admissible)[-1]["content"]
     assert "<think>" not in text and "<action>go to bed 1</action>" in text
+
+
+def test_math_task_file_formats_and_field_errors(tmp_path):
+    jsonl = tmp_path / "p.jsonl"
+    jsonl.write_text('{"question": "1+1?", "final": "2"}\n{"question": "2+2?", "final": "4"}\n')
+    env = envs.make_env("agentrl/Math-v0", data_path=str(jsonl))
+    env.reset(options={"instance": 1})
+    assert env.step("\\boxed{4}")[1] == 1.0
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "no fields"}\n')
+    with pytest.raises(ValueError, match="need problem/question and answer/final"):
+        envs.make_env("agentrl/Math-v0", data_path=str(bad))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        envs.make_env("agentrl/Math-v0", data_path=str(tmp_path / "missing.jsonl"))
+    import pandas as pd  # the math extra installs pandas and pyarrow
+
+    parquet = tmp_path / "p.parquet"
+    pd.DataFrame([{"problem": "3+3?", "answer": "6"}]).to_parquet(parquet)
+    env = envs.make_env("agentrl/Math-v0", data_path=str(parquet))
+    env.reset(options={"instance": 0})
+    assert env.step("\\boxed{6}")[1] == 1.0
