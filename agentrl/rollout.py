@@ -60,7 +60,7 @@ class _Live:
 class RolloutTimings:
     generation_s: float = 0.0
     env_s: float = 0.0  # resets, plus env time not hidden behind generation
-    env_wait_s: float = 0.0  # time spent waiting for env steps after the last generation chunk
+    env_wait_s: float = 0.0  # env-step time the rollout waited for (not overlapped with generation)
     env_busy_s: float = 0.0  # env stepping time on the critical path (slowest worker), hidden or not
     prompt_s: float = 0.0
     turns: int = 0
@@ -155,7 +155,9 @@ class RolloutManager:
             completions = self.policy.generate([prompts[i][0] for i in part], chunk_sampling)
             self.timings.generation_s += time.perf_counter() - started
             actions = [self._record(active[i], prompts[i], c) for i, c in zip(part, completions)]
-            pending.append((part, self.pool.step_async(actions)))
+            started = time.perf_counter()
+            pending.append((part, self.pool.step_async(actions)))  # in-process pools step right here
+            self.timings.env_wait_s += time.perf_counter() - started
         self.timings.turns += 1
         started = time.perf_counter()
         for part, handle in pending:

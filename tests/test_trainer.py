@@ -40,7 +40,7 @@ def _train_cmd(run_dir: Path, extra: list[str]) -> list[str]:
             "trainer.iterations=40", "trainer.checkpoint_every=5", "trainer.eval_every=10", *extra]  # fmt: skip
 
 
-VOLATILE = ("time/", "tokens_per_s")
+VOLATILE = ("time/", "tokens_per_s", "rollout/env_hidden_frac")  # wall-clock measurements
 
 
 def _stable(rows):
