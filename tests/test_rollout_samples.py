@@ -181,3 +181,19 @@ def test_cuebandit_64_parallel_episodes_timing():
     print(
         f"64 CueBandit episodes x 3 turns: generation {t.generation_s:.2f}s, env {t.env_s:.2f}s, prompts {t.prompt_s:.2f}s"
     )
+
+
+def test_policy_shares_or_syncs_learner_weights():
+    import copy
+
+    model, tok = make_tiny(seed=4)
+    shared = HFPolicy(model, tok)
+    assert shared.model is model  # same process: no copy, nothing to sync
+    replica = copy.deepcopy(model)
+    synced = HFPolicy(replica, tok, source=model)
+    with torch.no_grad():
+        for prm in model.parameters():
+            prm.add_(0.05)
+    assert not torch.equal(next(replica.parameters()), next(model.parameters()))
+    synced.sync_weights()
+    assert all(torch.equal(a, b) for a, b in zip(replica.parameters(), model.parameters()))
