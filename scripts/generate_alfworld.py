@@ -71,12 +71,14 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         results = [generate_one(j) for j in jobs]
     elapsed = time.perf_counter() - started
-    kept = [r for r in results if r]
+    kept = [r for r in results if "failed" not in r]
+    rejected = Counter(why.split(":")[0] for r in results for why in r["rejected"])
     lengths = [r["walkthrough_length"] for r in kept]
     manifest = {
         "split": args.split, "seed": args.seed, "requested": args.num, "kept": len(kept), "workers": args.workers,
         "seconds": round(elapsed, 1), "seconds_per_game": round(elapsed / max(args.num, 1), 2),
         "task_types": dict(Counter(r["task_type"] for r in kept)),
+        "rejected_scenes": dict(rejected), "failed_indices": [r["failed"] for r in results if "failed" in r],
         "walkthrough_length": {"min": min(lengths, default=0), "median": statistics.median(lengths) if lengths else 0,
                                "max": max(lengths, default=0), "mean": round(statistics.fmean(lengths), 2) if lengths else 0},
         "games": [{k: r[k] for k in ("game", "task_type", "walkthrough_length", "floorplan")} for r in kept],
@@ -86,6 +88,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{len(kept)}/{args.num} solvable games in {elapsed:.1f}s ({manifest['seconds_per_game']}s/game wall, "
           f"{args.workers} workers) -> {out / args.split}")  # fmt: skip
     print("task types:", manifest["task_types"], "| walkthrough length:", manifest["walkthrough_length"])
+    if rejected or manifest["failed_indices"]:
+        print("rejected scenes (planner):", dict(rejected), "| games not produced:", manifest["failed_indices"])
     if args.panel_size:
         print("panel:", write_panel(out, args.split, args.panel_size))
     return manifest

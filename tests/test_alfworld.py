@@ -33,6 +33,7 @@ def alfworld_games(tmp_path_factory) -> Path:
 def test_generator_covers_all_task_types_and_splits_are_disjoint(alfworld_games):
     manifest = json.loads((alfworld_games / "train" / "manifest.json").read_text())
     assert manifest["kept"] == 12 and set(manifest["task_types"]) == set(TASK_TYPES)
+    assert manifest["failed_indices"] == [] and isinstance(manifest["rejected_scenes"], dict)
     assert all(g["walkthrough_length"] >= 2 for g in manifest["games"])
     unseen = json.loads((alfworld_games / "valid_unseen" / "manifest.json").read_text())
     train_plans = {g["floorplan"] for g in manifest["games"]}

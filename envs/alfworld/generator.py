@@ -275,8 +275,8 @@ def traj_data(spec: GameSpec, split: str) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def build_game(spec: GameSpec, split: str, out_dir: Path) -> dict[str, Any] | None:
-    """Write the three game files; returns the summary if the planner solves it, else None (nothing kept)."""
+def build_game(spec: GameSpec, split: str, out_dir: Path) -> tuple[dict[str, Any] | None, str]:
+    """Write the three game files when the planner solves the scene: (summary, "") or (None, why not)."""
     from alfworld.agents.utils.misc import add_task_to_grammar
 
     a = _assets()
@@ -284,9 +284,9 @@ def build_game(spec: GameSpec, split: str, out_dir: Path) -> dict[str, Any] | No
     random.seed(spec.seed)  # alfworld picks the goal template with the global `random`
     grammar = add_task_to_grammar(a["grammar"], traj, rng=random.Random(spec.seed))
     problem = problem_pddl(spec)
-    plan = solve({"pddl_domain": a["domain"], "grammar": grammar, "pddl_problem": problem})
+    plan, why = solve({"pddl_domain": a["domain"], "grammar": grammar, "pddl_problem": problem})
     if not plan:
-        return None
+        return None, why
     out_dir.mkdir(parents=True, exist_ok=True)
     traj["plan_length"] = len(plan)
     (out_dir / "traj_data.json").write_text(json.dumps(traj, indent=1, sort_keys=True))
@@ -299,11 +299,12 @@ def build_game(spec: GameSpec, split: str, out_dir: Path) -> dict[str, Any] | No
         "walkthrough": plan,
     }
     (out_dir / "game.tw-pddl").write_text(json.dumps(game))
-    return {"task_type": spec.task_type, "walkthrough_length": len(plan), "floorplan": spec.floorplan}
+    return {"task_type": spec.task_type, "walkthrough_length": len(plan), "floorplan": spec.floorplan}, ""
 
 
-def solve(game: dict[str, Any]) -> list[str] | None:
-    """The planner's walkthrough (textworld's Fast Downward replan), or None when unsolvable."""
+def solve(game: dict[str, Any]) -> tuple[list[str] | None, str]:
+    """(the planner's walkthrough, "") or (None, why): textworld's Fast Downward signals an unsolvable task by an
+    empty plan or by failing on the translator's dummy atoms, so the reason is kept for the manifest."""
     import textworld
     from alfworld.agents.environment.alfred_tw_env import AlfredDemangler
     from textworld.envs import PddlEnv
@@ -311,13 +312,12 @@ def solve(game: dict[str, Any]) -> list[str] | None:
     env = AlfredDemangler(PddlEnv(textworld.EnvInfos(admissible_commands=True, policy_commands=True)), shuffle=False)
     try:
         env.load(game)
-        state = env.reset()
-        plan = state["policy_commands"]
-    except Exception:  # an unsolvable or malformed scene is skipped, the caller counts it
-        return None
+        plan = env.reset()["policy_commands"]
+    except Exception as err:  # rejected scene: the reason goes into the split's manifest
+        return None, f"{type(err).__name__}: {err}"[:120]
     finally:
         env.close()
-    return list(plan) if plan else None
+    return (list(plan), "") if plan else (None, "no plan")
 
 
 def scenes_for(split: str) -> list[int]:
@@ -330,19 +330,18 @@ def generate_one(args: tuple[str, int, int, tuple[str, ...], dict[str, Any], str
     task_type = task_types[index % len(task_types)]
     scenes = scenes_for(split)
     split_salt = SPLITS.index(split) if split in SPLITS else sum(map(ord, split))
+    rejected: list[str] = []
     for attempt in range(50):
         game_seed = (seed * 1_000_003 + split_salt * 100_003 + index) * 101 + attempt
         rng = random.Random(game_seed)
         spec = sample_spec(task_type, rng.choice(scenes), game_seed, Difficulty(**diff))
         if spec is None:
-            continue
+            continue  # the scene lacks what this task type needs (an appliance, a lamp); try another
         name = f"{task_type}-{spec.object_target}-None-{spec.parent_target or spec.toggle_target}-{spec.floorplan}"
         game_dir = Path(out) / split / name / f"trial_{seed}_{index:05d}"
-        result = build_game(spec, split, game_dir)
+        result, why = build_game(spec, split, game_dir)
         if result is not None:
-            return {
-                **result,
-                "game": str(game_dir.relative_to(Path(out) / split)),
-                "attempts": attempt + 1,
-            }
-    return None
+            return {**result, "game": str(game_dir.relative_to(Path(out) / split)), "attempts": attempt + 1,
+                    "rejected": rejected}  # fmt: skip
+        rejected.append(why)
+    return {"failed": index, "task_type": task_type, "rejected": rejected}
