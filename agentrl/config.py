@@ -9,6 +9,7 @@ at once, with close matches and how to fix them.
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ class EnvConfig:
     prompt: dict[str, Any] = field(default_factory=dict)  # prompt-format options (history_length comes from rollout)
     eval_instances: int = 32  # the fixed panel: the first N instances of the evaluation task set, in order
     panel: str | None = None  # or a panel file (scripts/generate_alfworld.py writes them)
+    imports: list[str] = field(default_factory=list)  # modules that register your own envs (imported first)
 
 
 @dataclass
@@ -158,6 +160,11 @@ def validate_config(cfg: Config) -> None:
     from policies.models import check_model_name
 
     problems: list[str] = []
+    for module in cfg.env.imports:
+        try:
+            importlib.import_module(module)
+        except ImportError as err:
+            problems.append(f"env.imports: cannot import {module!r} ({err}); is its folder on PYTHONPATH?")
     problems += envs.check_env_id(cfg.env.id)
     if cfg.algo.loss not in POLICY_LOSSES:
         problems.append(unknown_name_message("algo.loss", cfg.algo.loss, POLICY_LOSSES))

@@ -14,6 +14,7 @@ evaluation uses one episode per panel game.
 from __future__ import annotations
 
 import copy
+import importlib
 import random
 import sys
 import time
@@ -74,6 +75,8 @@ class Components:
         from policies.hf import HFPolicy
         from policies.models import ModelSpec, load_model
 
+        for module in cfg.env.imports:  # env workers are forked after this, so they see the registration too
+            importlib.import_module(module)
         fmt = envs.make_prompt_format(cfg.env.id, history_length=cfg.rollout.history_length, **cfg.env.prompt)
         train_kwargs, eval_kwargs = dict(cfg.env.kwargs), {**cfg.env.kwargs, **cfg.env.eval_kwargs}
         self.sampler = TaskSampler(

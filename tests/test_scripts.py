@@ -28,6 +28,15 @@ def test_readme_custom_env_example_runs(tmp_path, monkeypatch):
     assert run_panel(env, OracleAgent(), range(3)).success == 1.0
     fmt = envs.make_prompt_format("myorg/Guess-v0")
     assert "<action>" in fmt.render("guess", [], "Guess the word.", ["apple"])[-1]["content"]
+    from agentrl.config import load_config
+    from agentrl.trainer import train
+
+    cfg = load_config(["env.id=myorg/Guess-v0", "env.imports=[my_env]", "env.eval_instances=3",
+                       "rollout.num_workers=0", "rollout.group_size=2", "rollout.tasks_per_iteration=2",
+                       "rollout.max_turns=2", "rollout.max_new_tokens=8", "trainer.iterations=2",
+                       f"trainer.run_dir={tmp_path / 'run'}", "model.device=cpu"])  # fmt: skip
+    result = train(cfg)
+    assert result["after"]["iteration"] == 2 and (tmp_path / "run" / "metrics.jsonl").exists()
 
 
 def test_eval_cli_scripted_agent_writes_reports(tmp_path, capsys):
