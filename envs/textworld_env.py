@@ -38,11 +38,31 @@ def clean_feedback(text: str) -> str:
     return "\n".join(kept).strip()
 
 
+# Interpreter meta-commands: they write files into the working directory (save, script, record), read them
+# (restore, replay), or leave the game waiting for a yes/no (quit, restart). An agent never needs them.
+META_VERBS = {
+    "save",
+    "restore",
+    "script",
+    "unscript",
+    "noscript",
+    "transcript",
+    "record",
+    "replay",
+    "quit",
+    "q",
+    "restart",
+}
+
+
 def zmachine_safe(text: str, max_chars: int = 190) -> str:
-    """A command the Z-machine can take: printable ASCII only, no leading backslash (Frotz meta-commands hang
-    the interpreter), whitespace collapsed, at most `max_chars` (its input buffer)."""
+    """A command the Z-machine can take: printable ASCII only, no backslash (Frotz escapes can hang the
+    interpreter), whitespace collapsed, at most `max_chars` (its input buffer). Meta-commands become the empty
+    command, which the game answers with "I beg your pardon?"."""
     ascii_only = "".join(c if " " <= c <= "~" and c != "\\" else " " for c in text)
-    return " ".join(ascii_only.split()).lstrip("\\/ ")[:max_chars]
+    command = " ".join(ascii_only.split()).lstrip("/ ")[:max_chars]
+    words = command.lower().replace(".", " ").split()
+    return "" if words and words[0] in META_VERBS else command
 
 
 def find_games(games: str | list[str]) -> list[Path]:

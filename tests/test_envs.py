@@ -186,3 +186,14 @@ def test_math_task_file_formats_and_field_errors(tmp_path):
     env = envs.make_env("agentrl/Math-v0", data_path=str(parquet))
     env.reset(options={"instance": 0})
     assert env.step("\\boxed{6}")[1] == 1.0
+
+
+@pytest.mark.parametrize("command", ["save game1", "script", "SAVE", "record moves", "quit", "restore game1"])
+def test_textworld_meta_commands_touch_no_files(tw_games, command, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the interpreter writes save/transcript files into the working directory
+    env = envs.make_env("agentrl/TextWorld-v0", games=str(tw_games))
+    env.reset(options={"instance": 0})
+    obs, reward, terminated, truncated, info = env.step(command)
+    assert not terminated and info["won"] is False and obs
+    env.step("look")
+    assert list(tmp_path.iterdir()) == []
