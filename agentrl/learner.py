@@ -100,15 +100,16 @@ def length_grouped(
     return groups
 
 
-def _chunk_log_probs(lm_head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, temperature: float):
-    logits = lm_head(hidden).float() / temperature  # [n, V], only this chunk
-    return logits.gather(-1, targets[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-
-
-@torch.no_grad()
-def _chunk_entropy(lm_head: torch.nn.Module, hidden: torch.Tensor, temperature: float) -> torch.Tensor:
-    logp = torch.log_softmax(lm_head(hidden).float() / temperature, dim=-1)
-    return -(logp.exp() * logp).sum(-1)
+def _chunk_log_probs(
+    lm_head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, temperature: float, with_entropy: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probs of `targets` [n] and, from the same logits, the (detached) entropy [n] or an empty tensor."""
+    logp = torch.log_softmax(lm_head(hidden).float() / temperature, dim=-1)  # [n, V], only this chunk
+    picked = logp.gather(-1, targets[:, None]).squeeze(-1)
+    if not with_entropy:
+        return picked, logp.new_zeros(0)
+    with torch.no_grad():
+        return picked, -(logp.exp() * logp).sum(-1)
 
 
 def token_log_probs(
@@ -127,18 +128,17 @@ def token_log_probs(
     targets = batch.input_ids[:, 1:][target_pos]  # [N]
     pieces, entropies = [], []
     for start in range(0, h.shape[0], chunk):
-        hs, ts = h[start : start + chunk], targets[start : start + chunk]
+        args = (lm_head, h[start : start + chunk], targets[start : start + chunk], temperature, with_entropy)
         if torch.is_grad_enabled():
-            pieces.append(checkpoint(_chunk_log_probs, lm_head, hs, ts, temperature, use_reentrant=False))
+            piece, ent = checkpoint(_chunk_log_probs, *args, use_reentrant=False)
         else:
-            pieces.append(_chunk_log_probs(lm_head, hs, ts, temperature))
-        if with_entropy:
-            entropies.append(_chunk_entropy(lm_head, hs, temperature))
+            piece, ent = _chunk_log_probs(*args)
+        pieces.append(piece)
+        entropies.append(ent)
     flat = torch.cat(pieces) if pieces else h.new_zeros(0, dtype=torch.float32)
     out = torch.zeros(batch.input_ids.shape, dtype=torch.float32, device=h.device)  # [B, T]
     out[:, 1:] = out[:, 1:].masked_scatter(target_pos, flat)
-    entropy = torch.cat(entropies) if entropies else None
-    return out, entropy
+    return out, (torch.cat(entropies) if with_entropy and entropies else None)
 
 
 class MetricAccumulator:
