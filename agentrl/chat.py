@@ -12,6 +12,7 @@ class ChatTokens:
         self.eos_id = tokenizer.eos_token_id
         self.eos_text = tokenizer.eos_token or ""
         self._after_eos: str | None = None
+        self._closed_turn: str | None = None  # a rendered system/user/assistant exchange, for template deltas
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]

@@ -52,7 +52,6 @@ class _Live:
     observation: str
     info: dict[str, Any]
     history: list[HistoryItem] = field(default_factory=list)
-    conversation: list[int] = field(default_factory=list)  # full mode: ids so far
     done: bool = False
 
 
@@ -186,19 +185,15 @@ class RolloutManager:
     def _prompt(self, state: _Live) -> tuple[list[int] | None, list[dict[str, str]]]:
         admissible = state.info.get("admissible_actions")
         if self.cfg.sample_mode == "full":
+            messages = self.format.render(state.episode.task, [], state.observation, admissible)
             if not state.episode.turns:
-                messages = self.format.render(state.episode.task, [], state.observation, admissible)
-                state.conversation = self.chat.prompt_ids(messages)
-            else:
+                ids = self.chat.prompt_ids(messages)
+            else:  # the conversation so far, with the generated ids verbatim, then the new user turn
                 last = state.episode.turns[-1]
-                messages = self.format.render(state.episode.task, [], state.observation, admissible)[-1:]
-                state.conversation = (
-                    last.prompt_ids
-                    + last.completion_ids
-                    + self.chat.next_user_ids(last.completion_ids, messages[-1]["content"])
-                )
-            fits = len(state.conversation) <= self.cfg.max_prompt_tokens
-            return (list(state.conversation) if fits else None), messages
+                messages = messages[-1:]
+                opening = self.chat.next_user_ids(last.completion_ids, messages[0]["content"])
+                ids = last.prompt_ids + last.completion_ids + opening
+            return (ids if len(ids) <= self.cfg.max_prompt_tokens else None), messages
         # window: drop the oldest history first; never the instructions or the current observation
         for keep in range(min(self.cfg.history_length, len(state.history)), -1, -1):
             history = state.history[len(state.history) - keep :] if keep else []
