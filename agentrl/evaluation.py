@@ -86,7 +86,6 @@ def markdown(summary: dict[str, Any], counts: dict[str, int]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     import envs
-    from agentrl.chat import ChatTokens  # noqa: F401  (fail early if transformers is missing)
     from agentrl.rollout import RolloutConfig
     from envs.agents import SCRIPTED_AGENTS, run_panel
     from envs.pool import EnvPool, env_factory
@@ -112,24 +111,23 @@ def main(argv: list[str] | None = None) -> None:
     if problems:
         ap.error(problems[0])
     probe = envs.make_env(args.env, **env_kwargs)
-    indices, panel_hash = panel_for(
-        args.env, env_kwargs, getattr(probe, "num_instances", None), args.instances, args.panel
-    )
+    indices, panel_hash = panel_for(args.env, env_kwargs, probe, args.instances, args.panel)
     results = []
-    for seed in args.seeds:
-        if args.agent:
+    if args.agent:
+        for seed in args.seeds:
             agent = SCRIPTED_AGENTS[args.agent](seed=seed) if args.agent == "random" else SCRIPTED_AGENTS[args.agent]()
             results.append(run_panel(probe, agent, indices, max_steps=args.max_turns))
-            continue
+    else:
         from policies.hf import HFPolicy
         from policies.models import ModelSpec, load_model
 
         model, tok = load_model(ModelSpec(name=args.model, device="auto"))
-        sampling = SamplingParams(temperature=args.temperature, max_new_tokens=args.max_new_tokens, seed=seed)
-        cfg = RolloutConfig(max_turns=args.max_turns, sampling=sampling, num_workers=args.workers)
+        cfg = RolloutConfig(max_turns=args.max_turns, num_workers=args.workers)
         with EnvPool(env_factory(args.env, **env_kwargs), num_workers=args.workers) as pool:
             manager = RolloutManager(pool, HFPolicy(model, tok), tok, envs.make_prompt_format(args.env), cfg)
-            results.append(evaluate_rollout(manager, indices, sampling, seed))
+            for seed in args.seeds:
+                sampling = SamplingParams(temperature=args.temperature, max_new_tokens=args.max_new_tokens, seed=seed)
+                results.append(evaluate_rollout(manager, indices, sampling, seed))
     summary = seeds_table(results)
     table = markdown(summary, results[0].counts)
     report = {

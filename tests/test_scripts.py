@@ -50,13 +50,17 @@ def test_eval_cli_scripted_agent_writes_reports(tmp_path, capsys):
                      "--out", str(tmp_path / "r")])  # fmt: skip
     random_report = json.loads((tmp_path / "r" / "eval.json").read_text())
     assert random_report["summary"]["All"]["mean"] < 1.0
+    evaluation.main(
+        ["--env", "agentrl/CueBandit-v0", "--agent", "oracle", "--instances", "500", "--out", str(tmp_path / "all")]
+    )
+    assert len(json.loads((tmp_path / "all" / "eval.json").read_text())["instances"]) == 64  # capped at the task set
 
 
 def test_eval_cli_with_a_model(tmp_path):
     evaluation.main(["--env", "agentrl/CueBandit-v0", "--model", "tiny-qwen2", "--instances", "4", "--workers", "0",
-                     "--max-new-tokens", "4", "--max-turns", "1", "--out", str(tmp_path)])  # fmt: skip
+                     "--max-new-tokens", "4", "--max-turns", "1", "--seeds", "0", "1", "--out", str(tmp_path)])  # fmt: skip
     report = json.loads((tmp_path / "eval.json").read_text())
-    assert len(report["per_seed"][0]["episodes"]) == 4
+    assert [len(r["episodes"]) for r in report["per_seed"]] == [4, 4]
 
 
 def test_plot_script_writes_png(tmp_path):
