@@ -14,7 +14,6 @@ evaluation uses one episode per panel game.
 from __future__ import annotations
 
 import copy
-import importlib
 import random
 import sys
 import time
@@ -75,17 +74,15 @@ class Components:
         from policies.hf import HFPolicy
         from policies.models import ModelSpec, load_model
 
-        for module in cfg.env.imports:  # env workers are forked after this, so they see the registration too
-            importlib.import_module(module)
         fmt = envs.make_prompt_format(cfg.env.id, history_length=cfg.rollout.history_length, **cfg.env.prompt)
         train_kwargs, eval_kwargs = dict(cfg.env.kwargs), {**cfg.env.kwargs, **cfg.env.eval_kwargs}
-        self.sampler = TaskSampler(
-            getattr(envs.make_env(cfg.env.id, **train_kwargs), "num_instances", None), cfg.trainer.seed
-        )
-        eval_probe = envs.make_env(cfg.env.id, **eval_kwargs)
+        # probes, in this process: the task-set size for sampling and the panel (env problems surface here)
+        train_probe, eval_probe = envs.make_env(cfg.env.id, **train_kwargs), envs.make_env(cfg.env.id, **eval_kwargs)
+        self.sampler = TaskSampler(getattr(train_probe, "num_instances", None), cfg.trainer.seed)
         self.panel, self.panel_hash = panel_for(
             cfg.env.id, eval_kwargs, eval_probe, cfg.env.eval_instances, cfg.env.panel
         )
+        train_probe.close(), eval_probe.close()
         workers, timeout = cfg.rollout.num_workers, cfg.rollout.env_timeout_s
         self.pools = [EnvPool(env_factory(cfg.env.id, **train_kwargs), workers, timeout)]
         if eval_kwargs != train_kwargs:
