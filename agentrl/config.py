@@ -19,6 +19,7 @@ from agentrl.learner import LearnerConfig
 from agentrl.rollout import RolloutConfig
 from agentrl.samples import AdvantageConfig
 from policies.base import SamplingParams
+from policies.models import ModelSpec
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -32,16 +33,6 @@ class EnvConfig:
     eval_instances: int = 32  # the fixed panel: the first N instances of the evaluation task set, in order
     panel: str | None = None  # or a panel file (scripts/generate_alfworld.py writes them)
     imports: list[str] = field(default_factory=list)  # modules that register your own envs (imported first)
-
-
-@dataclass
-class ModelConfig:
-    name: str = "tiny-qwen2"  # smollm2-135m-instruct | tiny-qwen2 | tiny-llama | HF hub id | local folder
-    dtype: str = "fp32"
-    device: str = "auto"
-    hidden_size: int = 64
-    num_layers: int = 2
-    seed: int = 0
 
 
 @dataclass
@@ -114,7 +105,7 @@ class TrainerConfig:
 class Config:
     experiment: str = "default"
     env: EnvConfig = field(default_factory=EnvConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: ModelSpec = field(default_factory=lambda: ModelSpec(device="auto"))  # the loader's own spec
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     rollout: RolloutSettings = field(default_factory=RolloutSettings)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
@@ -125,7 +116,7 @@ def register_schemas() -> None:
 
     cs = ConfigStore.instance()
     cs.store(name="agentrl_schema", node=Config)
-    for group, node in (("env", EnvConfig), ("model", ModelConfig), ("algo", AlgoConfig),
+    for group, node in (("env", EnvConfig), ("model", ModelSpec), ("algo", AlgoConfig),
                         ("rollout", RolloutSettings), ("trainer", TrainerConfig)):  # fmt: skip
         cs.store(group=group, name=f"{group}_schema", node=node)
 

@@ -72,7 +72,7 @@ class Components:
         import envs
         from envs.pool import EnvPool, env_factory
         from policies.hf import HFPolicy
-        from policies.models import ModelSpec, load_model
+        from policies.models import load_model
 
         fmt = envs.make_prompt_format(cfg.env.id, history_length=cfg.rollout.history_length, **cfg.env.prompt)
         train_kwargs, eval_kwargs = dict(cfg.env.kwargs), {**cfg.env.kwargs, **cfg.env.eval_kwargs}
@@ -88,7 +88,7 @@ class Components:
         if eval_kwargs != train_kwargs:
             self.pools.append(EnvPool(env_factory(cfg.env.id, **eval_kwargs), workers, timeout))
         # weights load last: env and data problems surface first, before minutes of model loading
-        self.model, self.tokenizer = load_model(ModelSpec(**asdict(cfg.model)))
+        self.model, self.tokenizer = load_model(cfg.model)
         ref = copy.deepcopy(self.model).eval().requires_grad_(False) if cfg.trainer.kl_coef > 0 else None
         self.learner = Learner(self.model, learner_config(cfg), ref_model=ref)
         self.policy = HFPolicy(self.model, self.tokenizer, batch_size=cfg.rollout.generation_batch_size)
