@@ -1,21 +1,36 @@
-"""Checkpoints: HF-format weights + trainer state, written atomically (temp folder, then rename), last K kept.
+"""Checkpoints: HF-format weights + trainer state + the resolved config, written atomically (temp folder, then
+rename), last K kept, every file covered by a SHA-256 manifest written last.
 
-run_dir/checkpoints/iter-000010/{model/, trainer_state.pt}
+run_dir/checkpoints/iter-000010/{model/, trainer_state.pt, config.json, checksums.json}
+
+Loading verifies the manifest before anything is read, and reads the trainer state with weights_only=True: a
+checkpoint received from someone else can hold tensors and plain values, never code to run.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import pickle
 import random
 import re
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from agentrl.policies.lora import LoraSpec, has_adapters, load_adapter, read_adapter_folder, save_adapter
+
 CKPT_RE = re.compile(r"^iter-(\d{6})$")
+MANIFEST = "checksums.json"
+
+
+class CorruptCheckpoint(Exception):
+    """A checkpoint whose files are missing, damaged or do not match their checksums."""
 
 
 def rng_state() -> dict[str, Any]:
@@ -43,19 +58,50 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
 
 
-def save_checkpoint(run_dir: Path, iteration: int, model, tokenizer, trainer_state: dict[str, Any], keep: int) -> Path:
-    """Write checkpoint `iteration` (iterations completed) atomically and prune all but the newest `keep`."""
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _manifest(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): _sha256(p) for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST
+    }
+
+
+def save_checkpoint(
+    run_dir: Path,
+    iteration: int,
+    model,
+    tokenizer,
+    trainer_state: dict[str, Any],
+    keep: int,
+    config: dict[str, Any] | None = None,
+) -> Path:
+    """Write checkpoint `iteration` (iterations completed) atomically and prune older ones beyond the newest
+    `keep` (never a checkpoint newer than this one: those belong to another run and are not ours to delete)."""
     root = run_dir / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"iter-{iteration:06d}"
     tmp = root / f".tmp-iter-{iteration:06d}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp / "model")
-    tokenizer.save_pretrained(tmp / "model")
+    if has_adapters(model):  # LoRA: the adapter alone (small), with the base model's spec to rebuild it
+        base = dict((config or {}).get("model", {}))
+        lora = LoraSpec(**base.pop("lora", {}))
+        save_adapter(model, tmp / "model", base, lora, tokenizer)
+    else:
+        model.save_pretrained(tmp / "model")
+        tokenizer.save_pretrained(tmp / "model")
     torch.save({**trainer_state, "iteration": iteration, "rng": rng_state()}, tmp / "trainer_state.pt")
+    (tmp / "config.json").write_text(json.dumps(config or {}, indent=1, default=str))
+    (tmp / MANIFEST).write_text(json.dumps(_manifest(tmp), indent=1))  # last: its presence means complete
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
-    for old in list_checkpoints(run_dir)[:-keep]:
+    older = [p for p in list_checkpoints(run_dir) if int(CKPT_RE.match(p.name)[1]) <= iteration]
+    for old in older[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
 
@@ -69,13 +115,50 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: p.name)
 
 
+def verify_checkpoint(path: Path) -> dict[str, Any]:
+    """Check a checkpoint's files against its manifest and return its saved config ({} for checkpoints written
+    before configs were saved). Raises CorruptCheckpoint naming what is wrong."""
+    manifest_path = path / MANIFEST
+    if manifest_path.exists():
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except ValueError as err:
+            raise CorruptCheckpoint(f"{manifest_path} is not valid JSON ({err})") from None
+        actual = _manifest(path)
+        missing = sorted(set(manifest) - set(actual))
+        if missing:
+            raise CorruptCheckpoint(f"{path}: missing {', '.join(missing)}")
+        changed = sorted(name for name, digest in manifest.items() if actual[name] != digest)
+        if changed:
+            raise CorruptCheckpoint(f"{path}: checksum mismatch in {', '.join(changed)} (damaged or modified)")
+    else:
+        warnings.warn(f"{path} has no {MANIFEST} (written by an older agentrl); not verified", stacklevel=2)
+    config_path = path / "config.json"
+    if not config_path.exists():
+        return {}
+    try:
+        config = json.loads(config_path.read_text())
+    except ValueError as err:
+        raise CorruptCheckpoint(f"{config_path} is not valid JSON ({err})") from None
+    if not isinstance(config, dict):
+        raise CorruptCheckpoint(f"{config_path} does not hold a config object")
+    return config
+
+
 def load_checkpoint(path: Path, model) -> dict[str, Any]:
-    """Load weights into `model` (in place) and return the trainer state (RNG states restored)."""
+    """Load weights into `model` (in place) and return the trainer state (RNG states restored). Verify first
+    (verify_checkpoint); a file that still fails to load raises CorruptCheckpoint before the model is touched."""
     from transformers import AutoModelForCausalLM
 
-    loaded = AutoModelForCausalLM.from_pretrained(path / "model", dtype=next(model.parameters()).dtype)
-    model.load_state_dict(loaded.state_dict())
-    # weights_only: a checkpoint from elsewhere can hold tensors and plain values, never code to run
-    state = torch.load(path / "trainer_state.pt", weights_only=True)
+    try:
+        # weights_only: a checkpoint from elsewhere can hold tensors and plain values, never code to run
+        state = torch.load(path / "trainer_state.pt", weights_only=True)
+        if read_adapter_folder(path / "model") is not None:
+            load_adapter(model, path / "model")
+        else:
+            loaded = AutoModelForCausalLM.from_pretrained(path / "model", dtype=next(model.parameters()).dtype)
+            model.load_state_dict(loaded.state_dict())
+    except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as err:
+        raise CorruptCheckpoint(f"{path}: {type(err).__name__}: {str(err).splitlines()[0][:300]}") from None
     set_rng_state(state["rng"])
     return state

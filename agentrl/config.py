@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import importlib.util
 import inspect
-from dataclasses import dataclass, field
+import json
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ from agentrl.errors import ConfigError
 from agentrl.learner import LearnerConfig
 from agentrl.policies.models import ModelSpec
 from agentrl.rollout import RolloutConfig
+from agentrl.rundir import check_run_dir
 
 CONFIG_DIR = Path(agentrl.configs.__file__).resolve().parent  # the repository's configs/, shipped as agentrl.configs
 
@@ -36,12 +39,33 @@ class EvalSet:
 
 
 @dataclass
+class PromptOptions:
+    """The `env.prompt` options, passed to the env's prompt format (unset ones keep the format's default).
+
+    environment / reasoning / lenient: AgentPromptFormat (ALFWorld, TextWorld, your own envs): the env's name in the
+    instructions, <think> reasoning before the <action> tag, accepting a reply that names an admissible action
+    without the tags. system: the system message of AnswerPromptFormat (math) and WordChoicePromptFormat.
+    extra: options of your own prompt format (env.prompt_format=module:Name), e.g. env.prompt.extra={style: terse}.
+    """
+
+    environment: str | None = None
+    reasoning: bool | None = None
+    lenient: bool | None = None
+    system: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_kwargs(self) -> dict[str, Any]:
+        named = {k: v for k, v in asdict(self).items() if k != "extra" and v is not None}
+        return {**named, **self.extra}
+
+
+@dataclass
 class EnvConfig:
     id: str = "agentrl/CueBandit-v0"
     kwargs: dict[str, Any] = field(default_factory=dict)  # passed to the env constructor (training)
     eval_sets: list[EvalSet] = field(default_factory=lambda: [EvalSet()])
     eval_instances: int = 32  # panel size: the first N instances of each evaluation task set, in order
-    prompt: dict[str, Any] = field(default_factory=dict)  # options of the prompt format (e.g. reasoning, lenient)
+    prompt: PromptOptions = field(default_factory=PromptOptions)  # options of the prompt format (see PromptOptions)
     prompt_format: str | None = None  # "module:Name" to replace the env's own prompt format
     imports: list[str] = field(default_factory=list)  # modules that register your own envs (imported first)
 
@@ -52,7 +76,8 @@ class TrainerConfig:
 
     iterations: int = 150
     seed: int = 0
-    run_dir: str = "runs/${experiment}"
+    run_dir: str = ""  # "": runs/<experiment>/<date_time> (resume=auto: runs/<experiment>/latest); agentrl/rundir.py
+    overwrite: bool = False  # a fresh run may replace a run already in run_dir (else it is refused)
     checkpoint_every: int = 10
     keep_checkpoints: int = 2
     eval_every: int = 5
@@ -110,15 +135,61 @@ def load_config(overrides: list[str] | None = None, config_dir: Path = CONFIG_DI
     except Exception as err:
         if isinstance(err, OmegaConfBaseException) or type(err).__module__.startswith("hydra"):
             detail = f"{err}: {err.__cause__}" if err.__cause__ else str(err)
-            raise ConfigError(f"bad configuration: {detail}") from None
+            raise ConfigError(f"bad configuration: {detail}{override_hint(detail, overrides or [])}") from None
         raise
     if not isinstance(obj, Config):
         raise ConfigError("configs/config.yaml must compose onto the agentrl schema")
     return obj
 
 
-def validate_config(cfg: Config) -> None:
-    """Check every name and number that can be checked without loading weights; report all problems at once."""
+def override_hint(detail: str, overrides: list[str]) -> str:
+    """How to fix the usual override mistakes: a misspelt key (close match), list syntax, quoting."""
+    import re
+
+    hints = []
+    missing = re.search(r"Key '([^']+)' is not in struct\s+full_key: (\S+)", detail) or re.search(
+        r"Could not override '([^']+)'", detail
+    )
+    if missing:
+        full = missing.group(2) if missing.lastindex == 2 else missing.group(1)
+        defaults = _flatten(config_dict(Config()))
+        parent = full.rpartition(".")[0]
+        if isinstance(defaults.get(parent), dict):  # a free-form dict (env.kwargs, algo.loss_kwargs, …)
+            hints.append(f"a new key of {parent} takes a +: +{full}=...")
+        else:
+            close = difflib.get_close_matches(full, sorted(defaults), n=1, cutoff=0.6)
+            if close and close[0] != full:
+                hints.append(f"did you mean {close[0]}?")
+            hints.append("agentrl-train --help lists the keys")
+    if any(o.startswith(("env.imports=", "rollout.stop=")) and "[" not in o for o in overrides):
+        hints.append("lists are written in brackets: env.imports=[my_module], rollout.stop=['</action>']")
+    if any(ch in o for o in overrides for ch in "<>") or "token recognition error" in detail:
+        hints.append("quote values with < or > for the shell and Hydra: 'rollout.stop=[\"</action>\"]'")
+    return "\nhint: " + "; ".join(hints) if hints else ""
+
+
+def load_run_config(run_dir: Path) -> Config:
+    """The typed config a run was trained with (its config.yaml), checked against today's schema."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise ValueError(f"{path} does not exist; is {run_dir} a run directory?")
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(path))
+        cfg = OmegaConf.to_object(merged)
+    except (OmegaConfBaseException, ValueError) as err:
+        raise ValueError(f"{path} does not fit the config schema: {err}") from None
+    assert isinstance(cfg, Config)
+    return cfg
+
+
+def validate_config(cfg: Config, *, resources: bool = True) -> None:
+    """Check every name and number that can be checked without loading weights; report all problems at once.
+
+    `resources=False` skips what depends on this machine (model weights present or downloadable, devices, data
+    and panel files, run_dir): for checking a GPU or paper config on a machine that will not run it."""
     from agentrl import envs
     from agentrl.policies.models import check_model_spec
 
@@ -131,11 +202,14 @@ def validate_config(cfg: Config) -> None:
     env_problems = envs.check_env_id(cfg.env.id)
     problems += env_problems
     if not env_problems:
-        problems += check_env_kwargs(cfg)
+        kwarg_problems = check_env_kwargs(cfg)
+        problems += kwarg_problems
         try:
-            envs.make_prompt_format(cfg.env.id, cfg.env.prompt_format, **cfg.env.prompt)
+            envs.make_prompt_format(cfg.env.id, cfg.env.prompt_format, **cfg.env.prompt.as_kwargs())
         except ConfigError as err:
             problems.append(str(err))
+        if resources and not kwarg_problems:
+            problems += check_env_data(cfg)
     problems += cfg.algo.validate(cfg.trainer.iterations, cfg.rollout.max_new_tokens)
     problems += cfg.rollout.validate() + cfg.learner.validate()
     if not cfg.rollout.temperature > 0:  # the learner scores the sampled distribution: logits / temperature
@@ -145,6 +219,14 @@ def validate_config(cfg: Config) -> None:
             f"rollout.group_size={cfg.rollout.group_size}: group-relative advantages ({cfg.algo.name}) need at least "
             "2 samples per task, or every advantage is 0; set rollout.group_size=8"
         )
+    for name, package in (("tensorboard", "tensorboard"), ("wandb", "wandb")) if resources else ():
+        if getattr(cfg.trainer, name) and importlib.util.find_spec(package) is None:
+            problems.append(
+                f"trainer.{name}=true needs {package}: pip install -e '.[logging]' (in a checkout) or "
+                f"pip install {package}"
+            )
+    if cfg.trainer.run_dir and resources:
+        problems += check_run_dir(Path(cfg.trainer.run_dir), cfg.trainer.resume, cfg.trainer.overwrite)
     if cfg.trainer.resume not in ("never", "auto") and not Path(cfg.trainer.resume).exists():
         problems.append(f"trainer.resume={cfg.trainer.resume!r} is neither 'never', 'auto' nor an existing checkpoint")
     for name in ("iterations", "checkpoint_every", "eval_every", "keep_checkpoints"):
@@ -155,9 +237,35 @@ def validate_config(cfg: Config) -> None:
     names = [s.name for s in cfg.env.eval_sets]
     if len(set(names)) != len(names):
         problems.append(f"env.eval_sets: names must be distinct, got {names}")
-    problems += check_model_spec(cfg.model)
+    if resources:
+        problems += check_model_spec(cfg.model)
     if problems:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
+
+
+def check_env_data(cfg: Config) -> list[str]:
+    """Make the env once for training and once per eval set, in this process, so missing or malformed data files
+    and bad panel files are reported with the other problems (the env's message names the file and line)."""
+    from agentrl import envs
+    from agentrl.evaluation import panel_for
+
+    problems = []
+    sets = [("env.kwargs", cfg.env.kwargs, None)]
+    sets += [(f"env.eval_sets[{s.name}]", {**cfg.env.kwargs, **s.kwargs}, s) for s in cfg.env.eval_sets]
+    for where, kwargs, eval_set in sets:
+        try:
+            probe = envs.make_env(cfg.env.id, **kwargs)
+        except Exception as err:  # reported as a config problem: the env's own message, never swallowed
+            problems.append(f"{where}: {cfg.env.id} cannot be made with {kwargs}: {type(err).__name__}: {err}")
+            continue
+        try:
+            if eval_set is not None:
+                panel_for(cfg.env.id, kwargs, probe, cfg.env.eval_instances, eval_set.panel)
+        except (OSError, ValueError) as err:
+            problems.append(f"{where}.panel: {err}")
+        finally:
+            probe.close()
+    return problems
 
 
 def check_env_kwargs(cfg: Config) -> list[str]:
@@ -177,3 +285,68 @@ def check_env_kwargs(cfg: Config) -> list[str]:
         for where, key in given
         if key not in takes
     ]
+
+
+# Keys a resumed run may change: they do not alter what was learned so far or how samples are drawn, or (the
+# learner's lr, weight decay and gradient clip) they are applied from the new config from the next step on.
+RESUMABLE_CHANGES = (
+    "experiment",
+    "trainer.",
+    "learner.lr",
+    "learner.weight_decay",
+    "learner.max_grad_norm",
+    "learner.micro_batch_tokens",
+    "learner.logprob_chunk",
+    "rollout.num_workers",
+    "rollout.env_timeout_s",
+    "rollout.pipeline_chunks",
+    "rollout.generation_batch_size",
+    "rollout.eval_temperature",
+    "rollout.eval_max_turns",
+    "rollout.max_observation_chars",
+    "rollout.env_memory_mb",
+    "env.eval_sets",
+    "env.eval_instances",
+    "env.imports",
+    "model.device",
+)
+
+
+def config_dict(cfg: Config) -> dict[str, Any]:
+    """The config as plain JSON values (what a checkpoint stores)."""
+    return json.loads(json.dumps(asdict(cfg), default=str))
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict) and tree:
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix.rstrip("."): tree}
+
+
+def resume_changes(saved: dict[str, Any], cfg: Config) -> tuple[list[str], list[str]]:
+    """(refused, applied) differences between a checkpoint's config and the config resuming it.
+
+    Refused: anything that would silently mix two runs in one (model, loss, seed, sampling, env, …), and
+    trainer.iterations when the p schedule spans the run (it would re-time the annealing mid-run).
+    """
+    old, new = _flatten(saved), _flatten(config_dict(cfg))
+    for flat in (old, new):  # compare the schedule's effective length (0 means trainer.iterations)
+        if not flat.get("algo.p_schedule_steps"):
+            flat["algo.p_schedule_steps"] = flat.get("trainer.iterations")
+    refused, applied = [], []
+    for key in sorted(set(old) | set(new)):
+        if old.get(key, "<unset>") == new.get(key, "<unset>"):
+            continue
+        line = f"{key}: {old.get(key, '<unset>')!r} → {new.get(key, '<unset>')!r}"
+        schedule_spans_run = not cfg.algo.p_schedule_steps and cfg.algo.p_start != cfg.algo.p_end
+        if key == "trainer.iterations" and schedule_spans_run:
+            hint = f"the p schedule spans trainer.iterations; set algo.p_schedule_steps={old.get(key)} to keep it"
+            refused.append(f"{line} ({hint})")
+        elif key.startswith(RESUMABLE_CHANGES) and key not in ("trainer.seed",):
+            applied.append(line)
+        else:
+            refused.append(line)
+    return refused, applied

@@ -1,98 +1,231 @@
-"""`agentrl-eval`: evaluate a checkpoint, a HF model or a scripted agent on a fixed panel of any registered env.
+"""`agentrl-eval`: evaluate a training run, a checkpoint, a HF model or a scripted agent on a fixed panel.
 
+    agentrl-eval --run runs/quickstart/latest                     # the run's newest checkpoint, under its own prompt
+    agentrl-eval --run runs/mygame/latest --imports mygame --seeds 0 1 2
     agentrl-eval --env agentrl/CueBandit-v0 --agent oracle --instances 32
     agentrl-eval --env agentrl/ALFWorld-v0 --env-kwargs '{"data_path": "data/alfworld", "split": "valid_unseen"}' \\
-        --model runs/quickstart/checkpoints/iter-000006/model --instances 12 --temperature 0.4 --seeds 0 1 2
+        --model path/to/model --instances 12 --temperature 0.4 --seeds 0 1 2
 
-Reports success overall ("All", micro average over games) and per task type as a console/markdown table and JSON,
-with the panel hash, the sampling settings and the seeds; several seeds give mean ± std.
+With --run, everything that shapes what the model sees and may say comes from the run's config.yaml: env id and
+kwargs (with the chosen eval set's), prompt format and its options, history window, sample mode, stop strings,
+reply length, evaluation temperature and turn limit; explicit flags override. Reports success overall ("All",
+micro average over games) and per task type, as a table and as eval.json (panel hash, prompt format and options,
+sampling, seeds); several seeds give mean ± std. Every argument is checked before any weights load.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
+import math
+import os
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Any
 
 from agentrl.evaluation import evaluate_rollout, markdown, panel_for, seeds_table
-from agentrl.rollout import RolloutManager
+from agentrl.rollout import RolloutConfig, RolloutManager
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="agentrl-eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--run", type=Path, help="a run directory: evaluate it as it was trained (reads config.yaml)")
+    ap.add_argument("--eval-set", help="with --run: which of the run's env.eval_sets (default: the first)")
+    ap.add_argument("--imports", nargs="+", default=[], help="modules to import first (they register your envs)")
+    ap.add_argument("--env", help="a registered env id (default with --run: the run's)")
+    ap.add_argument("--env-kwargs", help="JSON object of env constructor arguments (replaces the run's)")
+    ap.add_argument(
+        "--model",
+        help="model folder, HF name, smollm2-135m-instruct or tiny-qwen2 (default with --run: "
+        "the newest checkpoint's model/)",
+    )
+    ap.add_argument("--agent", help="a scripted agent instead of a model (random, oracle, …)")
+    ap.add_argument("--instances", type=int, help="panel size: the first N instances (default: the run's, else 32)")
+    ap.add_argument("--panel", help="panel file (fixed list of instances)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--temperature", type=float, help="sampling temperature, 0 = greedy (default: run's, else 0.4)")
+    ap.add_argument("--max-new-tokens", type=int, help="reply length limit (default: run's, else 512)")
+    ap.add_argument("--max-turns", type=int, help="turn limit (default: run's eval_max_turns, else 50)")
+    ap.add_argument("--workers", type=int, default=2, help="env worker processes (0: in-process)")
+    ap.add_argument("--out", default="eval_results", help="folder for eval.json and eval.md (checked first)")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return ap
+
+
+def _writable(folder: Path) -> bool:
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    return probe.is_dir() and os.access(probe, os.W_OK | os.X_OK)
+
+
+def _newest_model(run_dir: Path) -> str | None:
+    from agentrl.checkpoint import list_checkpoints
+
+    found = list_checkpoints(run_dir)
+    return str(found[-1] / "model") if found else None
+
+
+def resolve(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
+    """The evaluation settings and every problem with them (all at once; nothing loaded yet)."""
+    from agentrl import envs
+    from agentrl.envs.agents import SCRIPTED_AGENTS
+    from agentrl.policies.models import check_model_name
+
+    problems: list[str] = []
+    for module in args.imports:
+        try:
+            importlib.import_module(module)
+        except ImportError as err:
+            problems.append(f"--imports: cannot import {module!r} ({err}); is its folder on PYTHONPATH?")
+    s: dict[str, Any] = {
+        "rollout": RolloutConfig(),
+        "prompt_format": None,
+        "prompt": {},
+        "instances": 32,
+        "panel": args.panel,
+        "env": args.env,
+        "env_kwargs": {},
+        "model": args.model,
+    }
+    if args.run is not None:
+        from agentrl.config import load_run_config
+
+        try:
+            cfg = load_run_config(args.run)
+        except (OSError, ValueError) as err:
+            problems.append(f"--run {args.run}: {err}")
+        else:
+            for module in cfg.env.imports:
+                try:
+                    importlib.import_module(module)
+                except ImportError as err:
+                    problems.append(
+                        f"the run's env.imports: cannot import {module!r} ({err}); add its folder to PYTHONPATH"
+                    )
+            sets = {e.name: e for e in cfg.env.eval_sets}
+            chosen = sets.get(args.eval_set) if args.eval_set else cfg.env.eval_sets[0]
+            if chosen is None:
+                problems.append(f"--eval-set {args.eval_set!r}: the run has {', '.join(sets)}")
+            else:
+                s["env_kwargs"] = {**cfg.env.kwargs, **chosen.kwargs}
+                s["panel"] = args.panel or chosen.panel
+            s.update(rollout=cfg.rollout, prompt_format=cfg.env.prompt_format, prompt=cfg.env.prompt.as_kwargs())
+            s["env"], s["instances"] = args.env or cfg.env.id, cfg.env.eval_instances
+            if not args.model and not args.agent:
+                s["model"] = _newest_model(args.run)
+                if s["model"] is None:
+                    problems.append(f"--run {args.run} has no checkpoint yet; give --model")
+    if args.env_kwargs is not None:
+        try:
+            s["env_kwargs"] = json.loads(args.env_kwargs)
+            assert isinstance(s["env_kwargs"], dict)
+        except (ValueError, AssertionError):
+            problems.append(f"--env-kwargs must be a JSON object, got {args.env_kwargs!r}")
+    rollout: RolloutConfig = s["rollout"]
+    overrides = {
+        "eval_temperature": args.temperature,
+        "max_new_tokens": args.max_new_tokens,
+        "eval_max_turns": args.max_turns,
+    }
+    rollout = replace(rollout, num_workers=args.workers, **{k: v for k, v in overrides.items() if v is not None})
+    if args.run is None and args.temperature is None:
+        rollout = replace(rollout, eval_temperature=0.4)
+    s["rollout"] = rollout
+    if args.instances is not None:
+        s["instances"] = args.instances
+    if s["env"] is None:
+        problems.append("give --env (or --run)")
+    elif env_problems := envs.check_env_id(s["env"]):
+        problems += env_problems
+    if (s["model"] is None) == (args.agent is None):
+        problems.append("give exactly one of --model or --agent (with --run, --model defaults to its checkpoint)")
+    if args.agent is not None and args.agent not in SCRIPTED_AGENTS:
+        problems.append(f"--agent {args.agent!r}: choose from {', '.join(sorted(SCRIPTED_AGENTS))}")
+    if s["model"] is not None:
+        problems += check_model_name(s["model"])
+    if s["instances"] < 1:
+        problems.append(f"--instances must be >= 1, got {s['instances']}")
+    if args.workers < 0:
+        problems.append(f"--workers must be >= 0, got {args.workers}")
+    if not math.isfinite(rollout.eval_temperature) or rollout.eval_temperature < 0:
+        problems.append(f"--temperature must be a finite number >= 0, got {rollout.eval_temperature}")
+    problems += [p.replace("rollout.", "--") for p in rollout.validate() if "temperature" not in p]
+    if not _writable(Path(args.out)):
+        problems.append(f"--out {args.out}: not a writable location; choose another folder")
+    return s, problems
 
 
 def main(argv: list[str] | None = None) -> None:
     from agentrl import envs
     from agentrl.envs.agents import SCRIPTED_AGENTS, run_panel
     from agentrl.envs.pool import EnvPool, env_factory
-    from agentrl.rollout import RolloutConfig
+    from agentrl.errors import ConfigError
 
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--env", required=True)
-    ap.add_argument("--env-kwargs", default="{}", help="JSON object of env constructor arguments")
-    ap.add_argument("--model", help="checkpoint model folder, HF name/path, smollm2-135m-instruct or tiny-qwen2")
-    ap.add_argument("--agent", choices=sorted(SCRIPTED_AGENTS), help="a scripted agent instead of a model")
-    ap.add_argument("--instances", type=int, default=32)
-    ap.add_argument("--panel", help="panel file (fixed list of instances)")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
-    ap.add_argument("--temperature", type=float, default=0.4)
-    ap.add_argument("--max-new-tokens", type=int, default=512)
-    ap.add_argument("--max-turns", type=int, default=50)
-    ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--out", default="eval_results")
+    ap = parser()
     args = ap.parse_args(argv)
-    if (args.model is None) == (args.agent is None):
-        ap.error("give exactly one of --model or --agent")
-    env_kwargs = json.loads(args.env_kwargs)
-    problems = envs.check_env_id(args.env)
+    s, problems = resolve(args)
+    rollout: RolloutConfig = s["rollout"]
+    env_id, env_kwargs, max_turns = s["env"], s["env_kwargs"], rollout.eval_max_turns
+    fmt = None
+    if not problems:
+        try:
+            fmt = envs.make_prompt_format(env_id, s["prompt_format"], **s["prompt"])
+            probe = envs.make_env(env_id, max_episode_steps=max_turns, **env_kwargs)
+            indices, panel_hash = panel_for(env_id, env_kwargs, probe, s["instances"], s["panel"])
+        except (ConfigError, OSError, TypeError, ValueError) as err:
+            problems.append(f"{env_id} with {env_kwargs}: {type(err).__name__}: {err}")
     if problems:
-        ap.error(problems[0])
-    probe = envs.make_env(args.env, max_episode_steps=args.max_turns, **env_kwargs)
-    indices, panel_hash = panel_for(args.env, env_kwargs, probe, args.instances, args.panel)
+        ap.exit(2, "agentrl-eval: error: invalid arguments:\n  - " + "\n  - ".join(problems) + "\n")
     results = []
     if args.agent:
         for seed in args.seeds:
             agent = SCRIPTED_AGENTS[args.agent](seed=seed) if args.agent == "random" else SCRIPTED_AGENTS[args.agent]()
-            results.append(run_panel(probe, agent, indices, max_steps=args.max_turns))
+            results.append(run_panel(probe, agent, indices, max_steps=max_turns))
     else:
         from agentrl.policies.hf import HFPolicy
         from agentrl.policies.models import ModelSpec, load_model
 
-        model, tok = load_model(ModelSpec(name=args.model, device="auto"))
-        cfg = RolloutConfig(
-            eval_max_turns=args.max_turns,
-            num_workers=args.workers,
-            eval_temperature=args.temperature,
-            max_new_tokens=args.max_new_tokens,
-        )
-        factory = env_factory(args.env, max_episode_steps=args.max_turns, **env_kwargs)
-        with EnvPool(factory, num_workers=args.workers) as pool:
-            fmt = envs.make_prompt_format(args.env)
-            manager = RolloutManager(pool, HFPolicy(model, tok), tok, fmt, cfg, evaluation=True)
+        model, tok = load_model(ModelSpec(name=s["model"], device="auto"))
+        factory = env_factory(env_id, max_episode_steps=max_turns, **env_kwargs)
+        with EnvPool(factory, num_workers=args.workers, **rollout.pool_options()) as pool:
+            manager = RolloutManager(pool, HFPolicy(model, tok), tok, fmt, rollout, evaluation=True)
             for seed in args.seeds:
                 sampling = replace(manager.sampling, seed=seed)
-                results.append(evaluate_rollout(manager, indices, seed, sampling))
+                results.append(evaluate_rollout(manager, indices, seed, sampling, progress=not args.no_progress))
+    probe.close()
     summary = seeds_table(results)
     table = markdown(summary, results[0].counts)
     report = {
-        "env": args.env,
+        "env": env_id,
         "env_kwargs": env_kwargs,
+        "run": str(args.run) if args.run else None,
         "panel_hash": panel_hash,
         "instances": indices,
-        "model": args.model,
+        "model": s["model"],
         "agent": args.agent,
         "seeds": args.seeds,
+        "prompt_format": f"{type(fmt).__module__}:{type(fmt).__name__}",
+        "prompt_options": s["prompt"],
         "sampling": {
-            "temperature": args.temperature,
-            "max_new_tokens": args.max_new_tokens,
-            "max_turns": args.max_turns,
+            "temperature": rollout.eval_temperature,
+            "max_new_tokens": rollout.max_new_tokens,
+            "max_turns": max_turns,
+            "stop": list(rollout.stop),
+            "history_length": rollout.history_length,
+            "sample_mode": str(rollout.sample_mode),
         },
         "summary": summary,
         "per_seed": [asdict(r) for r in results],
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "eval.json").write_text(json.dumps(report, indent=1))
+    (out / "eval.json").write_text(json.dumps(report, indent=1, default=str))
     (out / "eval.md").write_text(f"panel {panel_hash}, seeds {args.seeds}\n\n{table}\n")
-    print(f"{args.env} panel {panel_hash} ({len(indices)} instances), seeds {args.seeds}\n{table}\nwritten to {out}/")
+    print(f"{env_id} panel {panel_hash} ({len(indices)} instances), seeds {args.seeds}\n{table}\nwritten to {out}/")
 
 
 if __name__ == "__main__":

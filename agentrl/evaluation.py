@@ -19,9 +19,18 @@ from agentrl.rollout import RolloutManager, Task, episode_stats
 
 
 def load_panel(path: str) -> dict[str, Any]:
-    data = json.loads(Path(path).read_text())
-    if "instances" not in data:
-        raise ValueError(f"panel file {path} has no 'instances' list")
+    """A panel file: {"instances": [int, …], optional "games": [name, …]}; errors name the file and the fault."""
+    file = Path(path)
+    if not file.is_file():
+        raise ValueError(f"panel file {path} does not exist (scripts/generate_alfworld.py writes panels)")
+    try:
+        data = json.loads(file.read_text())
+    except ValueError as err:
+        raise ValueError(f"panel file {path} is not valid JSON ({err})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("instances"), list) or not data["instances"]:
+        raise ValueError(f"panel file {path} needs a non-empty 'instances' list")
+    if not all(isinstance(i, int) and not isinstance(i, bool) for i in data["instances"]):
+        raise ValueError(f"panel file {path}: 'instances' must be integers")
     return data
 
 
@@ -41,17 +50,29 @@ def panel_for(env_id: str, env_kwargs: dict[str, Any], probe: Any, size: int, pa
             indices = [index_of[g] for g in panel["games"]]
     else:
         indices = list(range(min(size, num_instances))) if num_instances else list(range(size))
+    outside = [i for i in indices if i < 0 or (num_instances is not None and i >= num_instances)]
+    if outside:
+        raise ValueError(
+            f"panel {panel_file}: instances {outside[:5]} are outside this task set (0..{num_instances - 1})"
+            if num_instances
+            else f"panel {panel_file}: negative instances {outside[:5]}"
+        )
     blob = json.dumps({"env": env_id, "kwargs": env_kwargs, "instances": indices}, sort_keys=True, default=str)
     return indices, hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def evaluate_rollout(
-    rollout: RolloutManager, instances: Sequence[int], seed: int, sampling: SamplingParams | None = None
+    rollout: RolloutManager,
+    instances: Sequence[int],
+    seed: int,
+    sampling: SamplingParams | None = None,
+    *,
+    progress: bool = False,
 ) -> PanelResult:
     """One episode per panel instance (env seed = instance index, so every run sees the same games), sampled with
     the manager's own sampling unless `sampling` is given; `seed` varies the sampling between evaluations."""
     tasks = [Task(instance=i, seed=i, group_id=f"eval-{i}") for i in instances]
-    episodes = rollout.run(tasks, group_size=1, seed=seed, sampling=sampling)
+    episodes = rollout.run(tasks, group_size=1, seed=seed, sampling=sampling, progress=progress, desc="eval")
     result = summarize([(e.task_type, e.won) for e in episodes])
     result.invalid_rate = episode_stats(episodes)["rollout/invalid_rate"]
     result.episodes = [

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from agentrl.algo import AlgoConfig
 from agentrl.errors import ConfigError, unknown_name_message
 from agentrl.losses import get_policy_loss, kl_k3, passed_options
+from agentrl.policies.lora import adapter_disabled, has_adapters
 from agentrl.types import Precision, Sample
 
 
@@ -191,10 +192,11 @@ class Learner:
         temperature: float = 1.0,
         reply_length: int | None = None,
         seed: int = 0,
-        ref_model: torch.nn.Module | None = None,
+        ref_model: torch.nn.Module | Literal["base"] | None = None,
     ):
         """`temperature` is the rollout's sampling temperature (log-probs are those of the sampled distribution);
-        `reply_length` the rollout's max_new_tokens (a loss's constant length normaliser defaults to it)."""
+        `reply_length` the rollout's max_new_tokens (a loss's constant length normaliser defaults to it);
+        `ref_model` the KL reference: a frozen model, or "base" for this model with its LoRA adapters off."""
         self.algo = algo or AlgoConfig()
         problems = cfg.validate() + self.algo.validate(1, reply_length or 1)
         if precision not in tuple(Precision):
@@ -203,6 +205,8 @@ class Learner:
             problems.append(f"learner temperature must be > 0, got {temperature}")
         if cfg.kl_coef > 0 and ref_model is None:
             problems.append("learner.kl_coef > 0 needs a reference model; pass ref_model or set kl_coef=0")
+        if ref_model == "base" and not has_adapters(model):
+            problems.append('ref_model="base" needs a model with LoRA adapters (model.lora.rank > 0)')
         low = sorted({str(p.dtype) for p in model.parameters() if p.requires_grad and p.dtype != torch.float32})
         if low:
             problems.append(
@@ -222,13 +226,22 @@ class Learner:
         self.shuffle = torch.Generator().manual_seed(seed)
         self.skipped_steps = 0
         self.optimizer_steps = 0
+        self._bar: Any = None  # the update's progress bar (micro-batches of every pass), when shown
+        self._step_desc = "update"
+
+    def _tick(self, desc: str) -> None:
+        if self._bar is not None:
+            self._bar.set_description(desc, refresh=False)
+            self._bar.update(1)
 
     def _autocast(self):
         enabled = self.precision == "bf16"
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=enabled)
 
     @torch.no_grad()
-    def log_probs(self, model: torch.nn.Module, samples: Sequence[Sample]) -> list[torch.Tensor]:
+    def log_probs(
+        self, model: torch.nn.Module, samples: Sequence[Sample], desc: str = "log-probs"
+    ) -> list[torch.Tensor]:
         """Per-sample [T_i] log-probs under `model` (0 off the action mask), without gradients."""
         model.eval()
         out: list[torch.Tensor] = [torch.empty(0)] * len(samples)
@@ -238,6 +251,7 @@ class Learner:
                 lp, _ = token_log_probs(model, batch, chunk=self.cfg.logprob_chunk, temperature=self.temperature)
             for row, i in enumerate(group):
                 out[i] = lp[row, : len(samples[i].input_ids)].cpu()
+            self._tick(desc)
         return out
 
     def plan(self, n: int) -> list[list[int]]:
@@ -250,13 +264,20 @@ class Learner:
             steps += [order[start : start + size] for start in range(0, n, size)]
         return steps
 
+    def reference_log_probs(self, samples: Sequence[Sample]) -> list[torch.Tensor]:
+        """Log-probs under the KL reference: a frozen model, or ("base") this model with its adapters off."""
+        if self.ref_model == "base":
+            with adapter_disabled(self.model):
+                return self.log_probs(self.model, samples, "ref log-probs")
+        return self.log_probs(self.ref_model, samples, "ref log-probs")
+
     def old_log_probs(self, samples: Sequence[Sample], steps: list[list[int]]) -> list[torch.Tensor | None]:
         """π_old for every row that a step after the first reads (None for the others), from one no-grad pass
         before any weight changes. The first step needs none: before any update π_old = π_θ exactly, so it uses
         its own detached training forward (one forward saved; p and the clip act from the second step on)."""
         later = sorted({i for step in steps[1:] for i in step})
         old: list[torch.Tensor | None] = [None] * len(samples)
-        for i, lp in zip(later, self.log_probs(self.model, [samples[i] for i in later])):
+        for i, lp in zip(later, self.log_probs(self.model, [samples[i] for i in later], "old log-probs")):
             old[i] = lp
         return old
 
@@ -265,11 +286,26 @@ class Learner:
         if not samples:
             raise ValueError("update() got no samples")
         steps = self.plan(len(samples))
-        old = self.old_log_probs(samples, steps)
-        ref = self.log_probs(self.ref_model, samples) if self.ref_model is not None else None
-        acc = MetricAccumulator()
-        for k, rows in enumerate(tqdm(steps, desc="update", unit="step", leave=False, disable=not progress)):
-            acc.add(self._optimizer_step(samples, rows, None if k == 0 else old, ref, p))
+        if progress:  # one bar over every micro-batch of the update: old and reference log-probs, then the steps
+
+            def count(rows: Sequence[int]) -> int:
+                return len(length_grouped(samples, rows, self.cfg.micro_batch_tokens))
+
+            later = sorted({i for step in steps[1:] for i in step})
+            total = (count(later) if later else 0) + sum(count(rows) for rows in steps)
+            total += count(range(len(samples))) if self.ref_model is not None else 0
+            self._bar = tqdm(total=total, desc="update", unit="micro-batch", leave=False)
+        try:
+            old = self.old_log_probs(samples, steps)
+            ref = self.reference_log_probs(samples) if self.ref_model is not None else None
+            acc = MetricAccumulator()
+            for k, rows in enumerate(steps):
+                self._step_desc = f"update step {k + 1}/{len(steps)}"
+                acc.add(self._optimizer_step(samples, rows, None if k == 0 else old, ref, p))
+        finally:
+            if self._bar is not None:
+                self._bar.close()
+            self._bar = None
         total_tokens = sum(len(s.input_ids) for s in samples)
         action_tokens = sum(s.num_action_tokens for s in samples)
         metrics = {f"train/{k}": v for k, v in acc.result().items()}
@@ -340,6 +376,7 @@ class Learner:
             loss.backward()
             total_loss += float(loss.detach())
             acc.add(metrics, weight=len(group))
+            self._tick(self._step_desc)
         return total_loss, acc.result(), padded
 
     def _optimizer_step(self, samples, rows, old, ref, p: float) -> dict[str, float]:
@@ -367,6 +404,8 @@ class Learner:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
+        for group in self.optimizer.param_groups:  # the config's values win: a resumed run may change them
+            group["lr"], group["weight_decay"] = self.cfg.lr, self.cfg.weight_decay
         self.shuffle.set_state(state["shuffle_rng"])
         self.skipped_steps = state["skipped_steps"]
         self.optimizer_steps = state["optimizer_steps"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -20,20 +21,24 @@ class MetricsLog:
         wandb: bool = False,
         project: str = "agentrl",
         config: dict[str, Any] | None = None,
+        resume_after: int = 0,
     ):
+        """`resume_after`: iterations already completed (rows past it are dropped; 0 starts the log afresh)."""
         self.path = run_dir / "metrics.jsonl"
         run_dir.mkdir(parents=True, exist_ok=True)
+        self.truncate_after(resume_after if resume_after > 0 else -1)
         self.tb = None
         self.wandb = None
         if tensorboard:
             if importlib.util.find_spec("tensorboard") is None:
-                raise RuntimeError("trainer.tensorboard=true needs tensorboard: pip install 'agentrl[logging]'")
+                raise RuntimeError("trainer.tensorboard=true needs tensorboard: pip install -e '.[logging]'")
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+            # purge_step: TensorBoard hides the steps a resumed run writes again, so none shows twice
+            self.tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=resume_after + 1 if resume_after else None)
         if wandb:
             if importlib.util.find_spec("wandb") is None:
-                raise RuntimeError("trainer.wandb=true needs wandb: pip install 'agentrl[logging]'")
+                raise RuntimeError("trainer.wandb=true needs wandb: pip install -e '.[logging]'")
             import wandb as wb
 
             self.wandb = wb.init(project=project, dir=str(run_dir), config=config, resume="allow")
@@ -42,7 +47,7 @@ class MetricsLog:
         """Drop rows past `iteration` (written after the checkpoint we resume from), so none is duplicated."""
         if not self.path.exists():
             return
-        rows = [json.loads(x) for x in self.path.read_text().splitlines() if x.strip()]
+        rows = read_metrics(self.path.parent)  # a damaged line (a write cut by a crash) is dropped here
         kept = [r for r in rows if r["iteration"] <= iteration]
         self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
@@ -67,5 +72,22 @@ class MetricsLog:
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """The rows of run_dir/metrics.jsonl. Lines that are not complete JSON rows (a write cut short by a crash or
+    a full disk) are skipped with a warning naming them; the rest of the run's history is kept."""
     path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    rows, bad = [], []
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            bad.append(number)
+            continue
+        if isinstance(row, dict) and isinstance(row.get("iteration"), int):
+            rows.append(row)
+        else:
+            bad.append(number)
+    if bad:
+        warnings.warn(f"{path}: skipped {len(bad)} damaged line(s): {bad[:5]}", stacklevel=2)
+    return rows

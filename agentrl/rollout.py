@@ -39,6 +39,8 @@ class RolloutConfig:
     sample_mode: SampleMode = SampleMode.window
     num_workers: int = 2  # env worker processes; 0 = in-process
     env_timeout_s: float = 120.0
+    max_observation_chars: int = 32_768  # a longer observation ends its episode (checked before tokenising)
+    env_memory_mb: int = 8192  # address-space cap per env worker above its start size (0: none); over it: restart
     pipeline_chunks: int = 2  # >1: generate chunk k+1 while the env workers step chunk k (hides env time)
     temperature: float = 1.0  # the learner's log-probs are those of this sampled distribution
     top_p: float = 1.0
@@ -47,6 +49,10 @@ class RolloutConfig:
     generation_batch_size: int = 64
     eval_temperature: float = 0.4  # 0 = greedy
     eval_max_turns: int = 50
+
+    def pool_options(self) -> dict[str, int]:
+        """EnvPool's guards against misbehaving envs (envs/pool.py)."""
+        return {"max_observation_chars": self.max_observation_chars, "memory_mb": self.env_memory_mb}
 
     def sampling(self, seed: int | None, *, evaluation: bool = False) -> SamplingParams:
         """The sampling parameters for training or evaluation rollouts (`seed`: the run's base seed)."""
@@ -71,10 +77,11 @@ class RolloutConfig:
             "max_prompt_tokens",
             "generation_batch_size",
             "pipeline_chunks",
+            "max_observation_chars",
         ):
             if getattr(self, name) < 1:
                 problems.append(f"rollout.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("history_length", "num_workers"):
+        for name in ("history_length", "num_workers", "env_memory_mb"):
             if getattr(self, name) < 0:
                 problems.append(f"rollout.{name} must be >= 0, got {getattr(self, name)}")
         for name, low in (("temperature", 0.0), ("eval_temperature", 0.0), ("invalid_penalty", 0.0)):
@@ -163,6 +170,7 @@ class RolloutManager:
         seed: int = 0,
         sampling: SamplingParams | None = None,
         progress: bool = False,
+        desc: str = "rollout",
     ) -> list[Episode]:
         """Play each task `group_size` times (same instance and env seed; different sampling) until all end."""
         g = group_size or self.cfg.group_size
@@ -185,14 +193,15 @@ class RolloutManager:
             if result.error:
                 self._finish(state, truncated=True, reason=f"env_error: {result.error}")
             live.append(state)
-        bar = tqdm(total=self.max_turns, desc="rollout", unit="turn", leave=False, disable=not progress)
+        bar = tqdm(total=len(live), desc=desc, unit="game", leave=False, disable=not progress)  # games done / total
+        bar.update(sum(s.done for s in live))
         for turn in range(self.max_turns):
             active = [s for s in live if not s.done]
             if not active:
                 break
-            bar.set_postfix(active=len(active))
-            bar.update(1)
+            bar.set_postfix(turn=turn + 1)
             self._turn(active, sampling, seed, turn)
+            bar.update(sum(s.done for s in active))
         bar.close()
         for state in live:
             if not state.done:

@@ -17,6 +17,7 @@ import copy
 import random
 import sys
 import time
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -24,14 +25,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from agentrl.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
-from agentrl.config import Config, load_config, validate_config
+from agentrl.checkpoint import (
+    CorruptCheckpoint,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+    verify_checkpoint,
+)
+from agentrl.config import Config, config_dict, load_config, resume_changes, validate_config
 from agentrl.envs.agents import success_table
 from agentrl.errors import ConfigError
 from agentrl.evaluation import evaluate_rollout, panel_for
 from agentrl.learner import Learner
 from agentrl.metrics import MetricsLog
 from agentrl.rollout import RolloutManager, Task, episode_stats
+from agentrl.rundir import RunLock, default_run_dir, point_latest, prepare_run_dir
 from agentrl.samples import build_samples
 
 
@@ -59,14 +67,15 @@ class Components:
         from agentrl.policies.hf import HFPolicy
         from agentrl.policies.models import load_model
 
-        fmt = envs.make_prompt_format(cfg.env.id, cfg.env.prompt_format, **cfg.env.prompt)
+        fmt = envs.make_prompt_format(cfg.env.id, cfg.env.prompt_format, **cfg.env.prompt.as_kwargs())
         workers, timeout = cfg.rollout.num_workers, cfg.rollout.env_timeout_s
         # probes, in this process: the task-set size for sampling and the panels (env problems surface here)
         probe = make_probe(cfg.env.id, cfg.env.kwargs)
         self.sampler = TaskSampler(getattr(probe.unwrapped, "num_instances", None), cfg.trainer.seed)
         probe.close()
         limit = {"max_episode_steps": cfg.rollout.max_turns}  # the one step limit: Gymnasium's TimeLimit
-        self.pools = [EnvPool(env_factory(cfg.env.id, **cfg.env.kwargs, **limit), workers, timeout)]
+        guards = cfg.rollout.pool_options()
+        self.pools = [EnvPool(env_factory(cfg.env.id, **cfg.env.kwargs, **limit), workers, timeout, **guards)]
         self.panels: list[tuple[str, list[int], str]] = []  # (eval set name, instances, panel hash)
         eval_pools = []
         for eval_set in cfg.env.eval_sets:
@@ -77,11 +86,13 @@ class Components:
             )
             probe.close()
             eval_limit = {"max_episode_steps": cfg.rollout.eval_max_turns}
-            eval_pools.append(EnvPool(env_factory(cfg.env.id, **kwargs, **eval_limit), workers, timeout))
+            eval_pools.append(EnvPool(env_factory(cfg.env.id, **kwargs, **eval_limit), workers, timeout, **guards))
         self.pools += eval_pools
         # weights load last: env and data problems surface first, before minutes of model loading
         self.model, self.tokenizer = load_model(cfg.model)
-        ref = copy.deepcopy(self.model).eval().requires_grad_(False) if cfg.learner.kl_coef > 0 else None
+        ref: torch.nn.Module | str | None = None
+        if cfg.learner.kl_coef > 0:  # LoRA: the base is the adapter-free model itself, no second copy
+            ref = "base" if cfg.model.lora.enabled else copy.deepcopy(self.model).eval().requires_grad_(False)
         self.learner = Learner(
             self.model,
             cfg.learner,
@@ -117,12 +128,12 @@ def make_probe(env_id: str, kwargs: dict[str, Any]):
         raise ConfigError(f"env {env_id} with kwargs {kwargs}: {err}") from None
 
 
-def evaluate(c: Components, iteration: int) -> dict[str, Any]:
+def evaluate(c: Components, iteration: int, progress: bool = False) -> dict[str, Any]:
     """One episode per panel game on every eval set; `eval/<set>/…` metrics."""
     started = time.perf_counter()
     row: dict[str, Any] = {"iteration": iteration, "kind": "eval"}
     for (name, panel, digest), evaluator in zip(c.panels, c.evaluators):
-        result = evaluate_rollout(evaluator, panel, seed=10_000 + iteration)
+        result = evaluate_rollout(evaluator, panel, seed=10_000 + iteration, progress=progress)
         row.update(
             {
                 f"eval/{name}/success": result.success,
@@ -139,22 +150,67 @@ def evaluate(c: Components, iteration: int) -> dict[str, Any]:
     return row
 
 
-def resume(c: Components, cfg: Config, run_dir: Path, log: MetricsLog) -> int:
-    """Iterations already completed (0 for a fresh run); restores weights, optimizer, RNGs and the metrics log."""
+def checkpoints_to_try(cfg: Config, run_dir: Path) -> list[tuple[Path, dict[str, Any]]]:
+    """Verified checkpoints to resume from, newest first, with their saved configs; damaged ones are skipped
+    with a warning naming what is wrong. Raises ConfigError when the config changes something a resumed run must
+    keep (listing every difference), or when checkpoints exist and none is usable."""
     if cfg.trainer.resume == "never":
-        if (run_dir / "metrics.jsonl").exists():
-            (run_dir / "metrics.jsonl").unlink()
-        return 0
-    found = list_checkpoints(run_dir) if cfg.trainer.resume == "auto" else [Path(cfg.trainer.resume)]
-    if not found:
-        log.truncate_after(-1)
-        return 0
-    state = load_checkpoint(found[-1], c.model)
-    c.learner.load_state_dict(state["learner"])
-    c.policy.sync_weights()
-    log.truncate_after(state["iteration"])
-    print(f"resumed from {found[-1]} after iteration {state['iteration']}")
-    return int(state["iteration"])
+        return []
+    found = list_checkpoints(run_dir)[::-1] if cfg.trainer.resume == "auto" else [Path(cfg.trainer.resume)]
+    good, damaged = [], []
+    for path in found:
+        try:
+            good.append((path, verify_checkpoint(path)))
+        except CorruptCheckpoint as err:
+            damaged.append(str(err))
+            warnings.warn(f"skipping a damaged checkpoint: {err}", stacklevel=2)
+    if found and not good:
+        raise ConfigError("no usable checkpoint to resume from:\n  - " + "\n  - ".join(damaged))
+    if good and good[0][1]:
+        refused, applied = resume_changes(good[0][1], cfg)
+        if refused:
+            raise ConfigError(
+                f"resuming {good[0][0]} with a config that would mix two runs in one:\n  - "
+                + "\n  - ".join(refused)
+                + "\nundo these overrides, or start a new run (leave trainer.resume unset)"
+            )
+        for line in applied:
+            if not line.startswith(("trainer.resume", "trainer.run_dir", "trainer.overwrite")):
+                print(f"resume: applying {line}")
+    return good
+
+
+def resume(c: Components, candidates: list[tuple[Path, dict[str, Any]]]) -> int:
+    """Iterations already completed (0 for a fresh run): restores weights, optimizer and RNGs from the newest
+    checkpoint that loads; one that fails to load is skipped with a warning."""
+    for path, _ in candidates:
+        try:
+            state = load_checkpoint(path, c.model)
+        except CorruptCheckpoint as err:
+            warnings.warn(f"skipping a checkpoint that does not load: {err}", stacklevel=2)
+            continue
+        c.learner.load_state_dict(state["learner"])
+        c.policy.sync_weights()
+        print(f"resumed from {path} after iteration {state['iteration']}")
+        return int(state["iteration"])
+    if candidates:
+        raise ConfigError("no checkpoint could be loaded (see the warnings above)")
+    return 0
+
+
+class TrainingDiverged(RuntimeError):
+    """The weights became non-finite; the run stops before writing them anywhere."""
+
+
+def check_finite_weights(model: torch.nn.Module, iteration: int, cfg: Config, run_dir: Path) -> None:
+    bad = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        last = list_checkpoints(run_dir)
+        raise TrainingDiverged(
+            f"the weights became non-finite in iteration {iteration} ({len(bad)} tensors, e.g. {bad[0]}); nothing "
+            f"was saved from it. Lower learner.lr (now {cfg.learner.lr}) or learner.max_grad_norm and "
+            + (f"resume from {last[-1]} with trainer.resume=auto" if last else "start again")
+        )
 
 
 def console_line(row: dict[str, Any]) -> str:
@@ -169,22 +225,50 @@ def console_line(row: dict[str, Any]) -> str:
 
 def train(cfg: Config) -> dict[str, Any]:
     """Run the training loop; returns {"run_dir", "before", "after"} (eval rows)."""
+    if not cfg.trainer.run_dir:
+        cfg.trainer.run_dir = str(default_run_dir(cfg.experiment, cfg.trainer.resume))
     validate_config(cfg)
-    torch.manual_seed(cfg.trainer.seed), random.seed(cfg.trainer.seed), np.random.seed(cfg.trainer.seed)
     run_dir = Path(cfg.trainer.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    print(f"run directory: {run_dir}", flush=True)
+    with RunLock(run_dir):
+        candidates = checkpoints_to_try(cfg, run_dir)  # every refusal comes before weights load
+        prepare_run_dir(run_dir, cfg.trainer.resume, cfg.trainer.overwrite)
+        (run_dir / "config.yaml").write_text(config_yaml(cfg))
+        if run_dir.parent.name == (cfg.experiment or "default"):
+            point_latest(run_dir)
+        try:
+            return _train(cfg, run_dir, candidates)
+        except KeyboardInterrupt:
+            print(
+                f"\ninterrupted; the newest checkpoint in {run_dir} is kept. Continue with: agentrl-train "
+                f"<same overrides> trainer.run_dir={run_dir} trainer.resume=auto",
+                file=sys.stderr,
+            )
+            raise SystemExit(130) from None
+
+
+def _train(cfg: Config, run_dir: Path, candidates: list[tuple[Path, dict[str, Any]]]) -> dict[str, Any]:
+    if not cfg.trainer.progress:  # every bar, including transformers' weight loading and saving bars
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    torch.manual_seed(cfg.trainer.seed), random.seed(cfg.trainer.seed), np.random.seed(cfg.trainer.seed)
     c = Components(cfg)
-    log = MetricsLog(
-        run_dir,
-        tensorboard=cfg.trainer.tensorboard,
-        wandb=cfg.trainer.wandb,
-        project=cfg.trainer.wandb_project,
-        config=asdict(cfg),
-    )
+    log = None
     try:
-        start = resume(c, cfg, run_dir, log)
+        start = resume(c, candidates)
+        log = MetricsLog(
+            run_dir,
+            tensorboard=cfg.trainer.tensorboard,
+            wandb=cfg.trainer.wandb,
+            project=cfg.trainer.wandb_project,
+            config=asdict(cfg),
+            resume_after=start,
+        )
         before = after = None
         if start == 0 and cfg.trainer.eval_before:
-            log.write(before := evaluate(c, 0))
+            log.write(before := evaluate(c, 0, cfg.trainer.progress))
         for it in range(start, cfg.trainer.iterations):
             t0 = time.perf_counter()
             tasks = c.sampler.tasks(it, cfg.rollout.tasks_per_iteration)
@@ -196,6 +280,7 @@ def train(cfg: Config) -> dict[str, Any]:
                 update = c.learner.update(samples, p, progress=cfg.trainer.progress)
             else:
                 update = {"train/p": p, "train/skipped_steps": float(c.learner.skipped_steps)}
+            check_finite_weights(c.model, it + 1, cfg, run_dir)
             c.policy.sync_weights()
             t2 = time.perf_counter()
             row = {
@@ -212,15 +297,24 @@ def train(cfg: Config) -> dict[str, Any]:
             log.write(row)
             print(console_line(row), flush=True)
             if (it + 1) % cfg.trainer.eval_every == 0 or it + 1 == cfg.trainer.iterations:
-                log.write(after := evaluate(c, it + 1))
+                log.write(after := evaluate(c, it + 1, cfg.trainer.progress))
             if (it + 1) % cfg.trainer.checkpoint_every == 0 or it + 1 == cfg.trainer.iterations:
                 state = {"learner": c.learner.state_dict(), "sampler_position": it + 1}
-                save_checkpoint(run_dir, it + 1, c.model, c.tokenizer, state, cfg.trainer.keep_checkpoints)
+                save_checkpoint(
+                    run_dir, it + 1, c.model, c.tokenizer, state, cfg.trainer.keep_checkpoints, config_dict(cfg)
+                )
     finally:
         c.close()
-        log.close()
+        if log is not None:
+            log.close()
     print_summary(before, after, [name for name, _, _ in c.panels], run_dir)
     return {"run_dir": run_dir, "before": before, "after": after}
+
+
+def config_yaml(cfg: Config) -> str:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_yaml(OmegaConf.create(config_dict(cfg)))
 
 
 def print_summary(
@@ -241,15 +335,52 @@ def print_summary(
     print(f"\nrun directory: {run_dir.resolve()}")
 
 
+def usage() -> str:
+    """`agentrl-train --help`: the config groups and their options, then every key with its default."""
+    from agentrl.config import CONFIG_DIR, _flatten
+
+    lines = [
+        "usage: agentrl-train [group=option ...] [key=value ...] [--cfg job] [--help]",
+        "",
+        (__doc__ or "").strip().split("\n\n")[0],
+        "",
+        "config groups (group=option; experiment= sets a whole run):",
+    ]
+    for group in sorted(p for p in CONFIG_DIR.iterdir() if p.is_dir() and not p.name.startswith("_")):
+        lines.append(f"  {group.name:<11} {', '.join(sorted(f.stem for f in group.glob('*.yaml')))}")
+    lines += ["", "keys and their defaults (agentrl-train KEY=VALUE; --cfg job prints a resolved config):"]
+    for key, value in _flatten(config_dict(load_config([]))).items():
+        lines.append(f"  {key} = {value!r}")
+    lines += ["", "docs: README.md (quick start, your own env, runs, evaluation); configs/ holds the YAML options"]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     from agentrl.errors import ConfigError
 
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--help" in args or "-h" in args:
+        print(usage())
+        return
+    show = None
+    if "--cfg" in args:  # Hydra's flag: print the resolved config (job) instead of running
+        k = args.index("--cfg")
+        show = args[k + 1] if k + 1 < len(args) else "job"
+        del args[k : k + 2]
     try:
-        cfg = load_config(sys.argv[1:] if argv is None else argv)
+        cfg = load_config(args)
+        if show is not None:
+            if show not in ("job", "all"):
+                raise ConfigError(f"--cfg {show}: use --cfg job")
+            print(config_yaml(cfg), end="")
+            return
         train(cfg)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+    except TrainingDiverged as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(3) from None
 
 
 if __name__ == "__main__":

@@ -16,8 +16,10 @@ limits are Gymnasium's `TimeLimit` wrapper: the trainer makes every env with `ma
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import importlib.util
+import inspect
 from typing import Any
 
 import gymnasium as gym
@@ -35,7 +37,10 @@ def env_class(env_id: str) -> Any:
     """The class (or creator) behind a registered id, imported but not constructed; ConfigError when the id is
     unknown or its module needs an optional package that is missing."""
     if env_id not in gym.registry:
-        raise ConfigError(unknown_name_message("env id", env_id, gym.registry))
+        raise ConfigError(
+            unknown_name_message("env id", env_id, gym.registry)
+            + "; if a module of yours registers it, did you forget env.imports=[your_module] (agentrl-eval: --imports)?"
+        )
     entry = gym.spec(env_id).entry_point
     try:
         creator = load_env_creator(entry) if isinstance(entry, str) else entry
@@ -77,12 +82,26 @@ def make_prompt_format(env_id: str, override: str | None = None, **options: Any)
             source = getattr(importlib.import_module(module), name)
         except (ImportError, AttributeError) as err:
             raise ConfigError(f"prompt format {source!r} cannot be loaded ({err}); write it as 'module:Name'") from None
+    name = getattr(source, "__name__", str(source))
+    try:
+        takes = [p for p in inspect.signature(source).parameters if p not in ("self", "args", "kwargs")]
+    except (TypeError, ValueError):
+        takes = None
+    if takes is not None:
+        unknown = [k for k in options if k not in takes]
+        if unknown:
+            hints = [
+                f"{k!r}" + (f" (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(k, takes, 1)) else "")
+                for k in unknown
+            ]
+            raise ConfigError(
+                f"env.prompt: {name} (the prompt format of {env_id}) takes no option {', '.join(hints)}; "
+                f"its options: {', '.join(takes) or 'none'}"
+            )
     try:
         return source(**options)
-    except TypeError as err:
-        raise ConfigError(
-            f"env.prompt options {options} do not fit {getattr(source, '__name__', source)}: {err}"
-        ) from None
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"env.prompt options {options} do not fit {name}: {err}") from None
 
 
 gym.register("agentrl/CueBandit-v0", entry_point="agentrl.envs.cue_bandit:CueBanditEnv", max_episode_steps=50)

@@ -15,7 +15,8 @@ Episode end:
     Always after one step.
 Arguments:
     data_path (str | None), problem_key / answer_key (str | None: auto), num_generated (int, 1000),
-    verify_timeout (int seconds, 5), max_reply_chars (int, 20000), fallbacks (tuple, ("answer_is", "last_number")).
+    verify_timeout (int seconds, 5), max_reply_chars (int, 20000), max_problem_chars (int, 8000: a longer problem
+    is rejected when the file loads), fallbacks (tuple, ("answer_is", "last_number")).
 Version history:
     v0: initial version.
 """
@@ -25,6 +26,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -37,19 +39,23 @@ NUMBER_RE = re.compile(r"-?\d+(?:\.\d+)?(?:/\d+)?")
 ANSWER_IS_RE = re.compile(r"answer is[:\s]*\$?([^\n$]+)", re.IGNORECASE)
 
 
+BOXED_RE = re.compile(r"\\boxed\s*\{")
+
+
 def last_boxed(text: str) -> str | None:
-    """Content of the last \\boxed{…} (balanced braces), or None."""
-    start = text.rfind("\\boxed")
-    while start != -1:
-        i = text.find("{", start)
-        if i == -1:
-            return None
-        depth = 0
-        for j in range(i, len(text)):
-            depth += {"{": 1, "}": -1}.get(text[j], 0)
-            if depth == 0:
-                return text[i + 1 : j]
-        start = text.rfind("\\boxed", 0, start)
+    """Content of the last \\boxed{…} whose braces balance, or None. Linear time: one pass pairs every brace
+    (a reply of 100k unclosed "\\boxed{" costs the same as a short one)."""
+    closing: dict[int, int] = {}  # position of "{" → position of its "}"
+    stack: list[int] = []
+    for j, ch in enumerate(text):
+        if ch == "{":
+            stack.append(j)
+        elif ch == "}" and stack:
+            closing[stack.pop()] = j
+    for match in reversed(list(BOXED_RE.finditer(text))):
+        i = match.end() - 1
+        if i in closing:
+            return text[i + 1 : closing[i]]
     return None
 
 
@@ -85,7 +91,9 @@ def generate_problems(n: int, seed: int) -> list[dict[str, str]]:
     return out
 
 
-def load_problems(path: str, problem_key: str | None, answer_key: str | None) -> list[dict[str, str]]:
+def load_problems(
+    path: str, problem_key: str | None, answer_key: str | None, max_problem_chars: int = 8000
+) -> list[dict[str, str]]:
     file = Path(path).expanduser()
     if not file.exists():
         raise FileNotFoundError(f"math data file {file} does not exist; give a JSONL/Parquet path or data_path=null")
@@ -96,15 +104,32 @@ def load_problems(path: str, problem_key: str | None, answer_key: str | None) ->
             raise ImportError(f"reading {file} needs pandas and pyarrow: pip install pandas pyarrow") from None
         rows = pd.read_parquet(file).to_dict("records")
     else:
-        rows = [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
+        rows = []
+        for number, line in enumerate(file.read_text(errors="replace").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except ValueError as err:
+                raise ValueError(f"{file} line {number}: not a JSON object ({err})") from None
+    if not rows:
+        raise ValueError(f"{file} holds no problems")
     out = []
     for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise ValueError(f"{file} line {i + 1}: not a JSON object but {type(row).__name__}")
         pk = problem_key or next((k for k in ("problem", "question") if k in row), None)
         ak = answer_key or next((k for k in ("final", "answer") if k in row), None)
         if pk is None or ak is None or pk not in row or ak not in row:
             raise ValueError(f"{file} line {i + 1}: need problem/question and answer/final fields, got {sorted(row)}")
+        problem = str(row[pk])
+        if len(problem) > max_problem_chars:  # rejected here, long before a tokenizer would see it
+            raise ValueError(
+                f"{file} line {i + 1}: the problem has {len(problem)} characters, over max_problem_chars="
+                f"{max_problem_chars}; raise env.kwargs.max_problem_chars or drop the line"
+            )
         out.append(
-            {"problem": str(row[pk]), "answer": str(row[ak]), "type": str(row.get("subject", row.get("type", "math")))}
+            {"problem": problem, "answer": str(row[ak]), "type": str(row.get("subject", row.get("type", "math")))}
         )
     return out
 
@@ -114,14 +139,20 @@ def verify_answer(reference: str, answer: str, timeout: int) -> tuple[bool, str 
     from math_verify import parse, verify
 
     seconds = timeout if threading.current_thread() is threading.main_thread() else None
+    started = time.monotonic()
     try:
-        gold = parse(f"${reference}$", parsing_timeout=seconds)
-        pred = parse(f"\\boxed{{{answer}}}", parsing_timeout=seconds)
+        gold = parse(f"${reference}$", parsing_timeout=seconds, raise_on_error=True)
+        pred = parse(f"\\boxed{{{answer}}}", parsing_timeout=seconds, raise_on_error=True)
         if not gold or not pred:
             return False, "unparsable"
-        return bool(verify(gold, pred, timeout_seconds=seconds)), None
+        correct = bool(verify(gold, pred, timeout_seconds=seconds))
     except Exception as err:  # the verifier's own failures are a 0 reward with the reason kept in info
+        if "timeout" in type(err).__name__.lower() or "timed out" in str(err).lower():
+            return False, f"timeout: verification took over {timeout}s"
         return False, f"{type(err).__name__}: {err}"[:200]
+    if not correct and seconds and time.monotonic() - started >= seconds:  # math-verify's verify logs a timeout
+        return False, f"timeout: verification took over {timeout}s"
+    return correct, None
 
 
 class MathEnv(TextEnv):
@@ -136,11 +167,12 @@ class MathEnv(TextEnv):
         generator_seed: int = 0,
         verify_timeout: int = 5,
         max_reply_chars: int = 20_000,
+        max_problem_chars: int = 8000,
         fallbacks: tuple[str, ...] = ("answer_is", "last_number"),
     ) -> None:
         super().__init__()
         self.problems = (
-            load_problems(data_path, problem_key, answer_key)
+            load_problems(data_path, problem_key, answer_key, max_problem_chars)
             if data_path
             else generate_problems(num_generated, generator_seed)
         )

@@ -5,12 +5,22 @@ every worker before any answer is read, so workers step their envs in parallel. 
 per-command timeout is killed and restarted; the commands it owed come back as StepResult(error=…) with
 truncated=True, and its other slots report "env lost" on their next call. No exception reaches the caller for an
 env failure. `num_workers=0` runs everything in-process (debugging); env exceptions are still turned into results.
+
+Misbehaving envs end their episode with a reason and the run goes on: an exception or `sys.exit` inside the env,
+an observation that is not a string or is longer than `max_observation_chars` (checked before anything tokenises
+it), an `info` that is not a dict, admissible actions that are not a list of strings, a non-finite reward. Each
+worker is its own process group with an address-space cap (`memory_mb` above what it had at start): a leaking env
+hits MemoryError, its worker answers, exits and is restarted; processes an env spawned die with their worker.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import multiprocessing as mp
+import os
+import resource
+import signal
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -31,6 +41,7 @@ class StepResult:
     info: dict[str, Any] = field(default_factory=dict)
     error: str | None = None  # set when the env raised, hung or its worker died; the episode is then truncated
     elapsed_s: float = 0.0  # time the env spent on this command (in its worker)
+    restart_worker: bool = False  # the worker is unusable after this (out of memory): restart it
 
     @classmethod
     def failed(cls, reason: str) -> StepResult:
@@ -56,8 +67,8 @@ class Pending:
 class SlotEnvs:
     """The envs of one worker (or of the in-process pool), one per slot, created on first reset."""
 
-    def __init__(self, factory: EnvFactory):
-        self.factory = factory
+    def __init__(self, factory: EnvFactory, max_observation_chars: int = 32_768):
+        self.factory, self.max_observation_chars = factory, max_observation_chars
         self.envs: dict[int, gym.Env] = {}
 
     def run(self, command: str, slot: int, arg: Any) -> StepResult:
@@ -74,14 +85,43 @@ class SlotEnvs:
                     env = self.envs[slot] = self.factory()
                 seed, options = arg
                 obs, info = env.reset(seed=seed, options=options)
-                return StepResult(obs, info=info)
+                return self._checked(StepResult(obs, info=info), command)
             env = self.envs.get(slot)
             if env is None:
                 return StepResult.failed(f"env of slot {slot} lost (its worker was restarted); reset it")
             obs, reward, terminated, truncated, info = env.step(arg)
-            return StepResult(obs, float(reward), bool(terminated), bool(truncated), info)
+            return self._checked(StepResult(obs, float(reward), bool(terminated), bool(truncated), info), command)
+        except MemoryError:
+            self.envs.pop(slot, None)
+            result = StepResult.failed(f"env ran out of memory during {command} (its worker is restarted)")
+            result.restart_worker = True
+            return result
+        except SystemExit as exit_:
+            self.envs.pop(slot, None)
+            return StepResult.failed(f"env called sys.exit({exit_.code!r}) during {command}")
         except Exception:
             return StepResult.failed(f"env raised during {command}:\n{traceback.format_exc(limit=6)}")
+
+    def _checked(self, result: StepResult, command: str) -> StepResult:
+        """The result, or a failure naming the contract the env broke (DESIGN.md: str observation, dict info)."""
+        obs, info = result.observation, result.info
+        if not isinstance(obs, str):
+            return StepResult.failed(f"env {command} returned a {type(obs).__name__} observation, not a str")
+        if len(obs) > self.max_observation_chars:
+            return StepResult.failed(
+                f"env {command} returned an observation of {len(obs)} characters, over "
+                f"rollout.max_observation_chars={self.max_observation_chars}"
+            )
+        if not isinstance(info, dict):
+            return StepResult.failed(f"env {command} returned a {type(info).__name__} info, not a dict")
+        admissible = info.get("admissible_actions")
+        if admissible is not None and (
+            not isinstance(admissible, list | tuple) or not all(isinstance(a, str) for a in admissible)
+        ):
+            return StepResult.failed(f"env {command} returned admissible_actions that are not a list of strings")
+        if not math.isfinite(result.reward):
+            return StepResult.failed(f"env {command} returned a non-finite reward {result.reward}")
+        return result
 
     def close(self) -> None:
         for env in self.envs.values():
@@ -92,29 +132,56 @@ class SlotEnvs:
         self.envs.clear()
 
 
-def _worker_main(conn: Any, factory: EnvFactory) -> None:
-    slots = SlotEnvs(factory)
+def _address_space() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _limit_memory(memory_mb: int) -> None:
+    """Cap this process's address space at what it has now plus `memory_mb` (Linux; elsewhere a no-op)."""
+    if memory_mb <= 0 or not os.path.exists("/proc/self/statm"):
+        return
+    cap = _address_space() + memory_mb * 2**20
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (cap if hard == resource.RLIM_INFINITY else min(cap, hard), hard))
+
+
+def _worker_main(conn: Any, factory: EnvFactory, max_observation_chars: int, memory_mb: int) -> None:
+    os.setpgrp()  # its own process group: killing the worker kills what its envs spawned
+    _limit_memory(memory_mb)
+    slots = SlotEnvs(factory, max_observation_chars)
     try:
         while True:
             message = conn.recv()
             if message[0] == "close":
                 break
             command, slot, arg = message
-            conn.send(slots.run(command, slot, arg))
+            result = slots.run(command, slot, arg)
+            conn.send(result)
+            if result.restart_worker:
+                break
     except (EOFError, KeyboardInterrupt):
         pass
     finally:
         slots.close()
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        os.killpg(os.getpgrp(), signal.SIGTERM)  # processes the envs left behind (this one ignores it)
 
 
 class _Worker:
-    def __init__(self, ctx: Any, factory: EnvFactory):
+    def __init__(self, ctx: Any, factory: EnvFactory, max_observation_chars: int, memory_mb: int):
         self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=_worker_main, args=(child, factory), daemon=True)
+        args = (child, factory, max_observation_chars, memory_mb)
+        self.process = ctx.Process(target=_worker_main, args=args, daemon=True)
         self.process.start()
         child.close()
 
     def kill(self) -> None:
+        """Kill the worker and every process in its group (what its envs spawned)."""
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
         if self.process.is_alive():
             self.process.kill()
         self.process.join(timeout=5)
@@ -128,12 +195,16 @@ class EnvPool:
         num_workers: int = 2,
         timeout_s: float = 60.0,
         start_method: str = "fork",  # env workers never touch torch; spawn would re-import a user's __main__
+        *,
+        max_observation_chars: int = 32_768,
+        memory_mb: int = 8192,  # per worker, above its size at start; 0: no cap
     ):
         self.factory, self.num_workers, self.timeout_s = factory, num_workers, timeout_s
+        self.max_observation_chars, self.memory_mb = max_observation_chars, memory_mb
         self.restarts = 0
-        self._local = SlotEnvs(factory) if num_workers == 0 else None
+        self._local = SlotEnvs(factory, max_observation_chars) if num_workers == 0 else None
         self._ctx = mp.get_context(start_method)
-        self._workers = [_Worker(self._ctx, factory) for _ in range(num_workers)]
+        self._workers = [self._new_worker() for _ in range(num_workers)]
         self._generation = [0] * num_workers
 
     def reset(self, requests: Sequence[tuple[int, int | None, dict[str, Any] | None]]) -> list[StepResult]:
@@ -175,7 +246,10 @@ class EnvPool:
                 reason = self._receive(w)
                 if isinstance(reason, StepResult):
                     results[i] = reason
-                    continue
+                    if not reason.restart_worker:
+                        continue
+                    reason = f"env worker {w} was restarted (out of memory) before answering"
+                    k += 1
                 for j in indices[k:]:
                     results[j] = StepResult.failed(reason)
                 self._restart(w)
@@ -197,9 +271,12 @@ class EnvPool:
             if time.monotonic() >= deadline:
                 return f"env worker {w} timed out after {self.timeout_s:.0f}s"
 
+    def _new_worker(self) -> _Worker:
+        return _Worker(self._ctx, self.factory, self.max_observation_chars, self.memory_mb)
+
     def _restart(self, w: int) -> None:
         self._workers[w].kill()
-        self._workers[w] = _Worker(self._ctx, self.factory)
+        self._workers[w] = self._new_worker()
         self._generation[w] += 1
         self.restarts += 1
 

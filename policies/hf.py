@@ -32,6 +32,29 @@ class HFPolicy:
         if self.source is not None and self.source is not self.model:
             self.model.load_state_dict(self.source.state_dict())
 
+    @torch.no_grad()
+    def check_sync(self, probe: list[int], atol: float = 1e-5) -> float:
+        """The sync canary: score `probe` with the generation model and with the learner's (`source`); raise when
+        they disagree by more than `atol` (a skipped or partial sync, a stale adapter). Returns the max difference
+        (0.0 when the two are one object: then they cannot disagree)."""
+        if self.source is None or self.source is self.model:
+            return 0.0
+        ids = torch.tensor([probe], device=next(self.model.parameters()).device)
+        scores = []
+        for model in (self.model, self.source):
+            was_training = model.training
+            model.eval()
+            logits = model(input_ids=ids).logits.float()[0, :-1]
+            model.train(was_training)
+            scores.append(torch.log_softmax(logits, -1).gather(-1, ids[0, 1:, None]).squeeze(-1))
+        gap = float((scores[0] - scores[1]).abs().max())
+        if gap > atol:
+            raise RuntimeError(
+                f"sync canary: the generation model's log-probs differ from the learner's by {gap:.3g} (> {atol}); "
+                "its weights are stale (sync_weights was skipped or incomplete)"
+            )
+        return gap
+
     def generate(self, prompts: list[list[int]], sampling: SamplingParams) -> list[Completion]:
         """One completion per prompt. Batches are formed from prompts of similar length to cut padding."""
         if not prompts:

@@ -13,12 +13,14 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from agentrl.errors import ConfigError
+from agentrl.policies.lora import LoraSpec, apply_lora, check_lora_spec, load_adapter, read_adapter_folder
 from agentrl.types import Precision
 
 SMOLLM2_NAME = "smollm2-135m-instruct"
@@ -40,6 +42,16 @@ class ModelSpec:
     hidden_size: int = 64  # tiny models only
     num_layers: int = 2  # tiny models only
     seed: int = 0  # tiny models only: init seed
+    lora: LoraSpec = field(default_factory=LoraSpec)  # rank > 0: train LoRA adapters only (policies/lora.py)
+
+
+def model_spec_from_dict(data: dict[str, Any]) -> ModelSpec:
+    """A ModelSpec from its saved form (lora.json, a checkpoint's config)."""
+    known = {f.name for f in fields(ModelSpec)}
+    spec = ModelSpec(**{k: v for k, v in data.items() if k in known and k != "lora"})
+    if isinstance(data.get("lora"), dict):
+        spec.lora = LoraSpec(**data["lora"])
+    return spec
 
 
 def smollm2_cache_dir() -> Path:
@@ -164,6 +176,13 @@ def load_model(spec: ModelSpec):
     Precision). Errors say how to install or where to put the weights."""
     from transformers import AutoModelForCausalLM
 
+    adapter = read_adapter_folder(Path(spec.name)) if Path(spec.name).is_dir() else None
+    if adapter is not None:  # a LoRA checkpoint's model/ folder: its base model, then the saved adapter
+        base = model_spec_from_dict(adapter["base"])
+        base.lora, base.device = LoraSpec(**adapter["lora"]), spec.device
+        model, tokenizer = load_model(base)
+        load_adapter(model, Path(spec.name))
+        return model, tokenizer
     tokenizer = load_tokenizer(spec)
     dtype = torch.float32
     if spec.name in TINY_NAMES:
@@ -179,12 +198,16 @@ def load_model(spec: ModelSpec):
                 + (" (HF_HUB_OFFLINE=1 is set, so hub names need a local cache)" if offline else "")
                 + f", or use {SMOLLM2_NAME!r} / 'tiny-qwen2'."
             ) from err
+    if spec.lora.enabled:
+        model = apply_lora(model, spec.lora)
     return model.to(resolve_device(spec.device)), tokenizer
 
 
 def check_model_spec(spec: ModelSpec) -> list[str]:
     """Problems with a model spec that can be found without loading weights."""
     problems = check_model_name(spec.name)
+    if spec.lora.rank != 0:
+        problems += check_lora_spec(spec.lora, None if problems else linear_module_names(spec))
     try:
         device = resolve_device(spec.device)
     except RuntimeError as err:
@@ -192,6 +215,22 @@ def check_model_spec(spec: ModelSpec) -> list[str]:
     if device.type == "cuda" and not torch.cuda.is_available():
         problems.append(f"model.device={spec.device!r} but this machine has no CUDA GPU; use model.device=cpu")
     return problems
+
+
+def linear_module_names(spec: ModelSpec) -> list[str] | None:
+    """Names of the model's Linear layers from a weightless copy on the meta device (None if unknown)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        with torch.device("meta"):
+            if spec.name in TINY_NAMES:
+                model = build_tiny_model(spec, 512)
+            else:
+                path = smollm2_cache_dir() if spec.name == SMOLLM2_NAME else spec.name
+                model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path))
+    except (OSError, ValueError):  # no local config to read (e.g. a hub id): the check waits for the weights
+        return None
+    return [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
 
 
 def check_model_name(name: str) -> list[str]:
@@ -208,7 +247,51 @@ def check_model_name(name: str) -> list[str]:
     looks_local = name.startswith((".", "/", "~")) or os.sep in name and not _looks_like_hub_id(name)
     if looks_local and not Path(name).expanduser().exists():
         return [f"model path {name!r} does not exist; give a folder with config.json, or a hub id, or {SMOLLM2_NAME!r}"]
+    if _looks_like_hub_id(name) and not _in_hf_cache(name):
+        reason = "HF_HUB_OFFLINE is set" if _hub_offline() else None
+        reason = reason or (None if _hub_reachable() else "the Hugging Face hub (huggingface.co) is unreachable")
+        if reason:
+            return [
+                f"model.name={name!r} is not a local folder nor in the Hugging Face cache, and {reason}: download it "
+                f"where there is a network (hf download {name} --local-dir DIR), then set model.name=DIR"
+            ]
     return []
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def _in_hf_cache(name: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except Exception:  # an unusual cache layout or an invalid id: treat as not cached (the hub check decides)
+        return False
+
+
+def _hub_reachable(timeout_s: float = 3.0) -> bool:
+    """Whether huggingface.co answers a TCP connection within `timeout_s` (DNS included), so an offline machine
+    fails in seconds instead of after a minute of download retries."""
+    import socket
+    import threading
+
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("://")[-1].split("/")[0]
+    host, _, port = endpoint.partition(":")
+    ok: list[bool] = []
+
+    def attempt() -> None:
+        try:
+            with socket.create_connection((host, int(port or 443)), timeout=timeout_s):
+                ok.append(True)
+        except OSError:
+            pass
+
+    worker = threading.Thread(target=attempt, daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    return bool(ok)
 
 
 def _looks_like_hub_id(name: str) -> bool:

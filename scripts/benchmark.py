@@ -13,6 +13,8 @@ Sections:
   padding  computed tokens that are padding, with and without length-grouped micro-batches; peak memory (RSS) of
            log-prob computation with full-vocabulary logits vs our chunked path (each in a fresh subprocess)
   rollout  ALFWorld episodes: generation / env / prompt time; env steps/s with 1 and 2 workers
+  lora     full fine-tuning vs LoRA (rank 16, every projection): trainable parameters, peak memory (RSS, each in a
+           fresh subprocess) and update time of the same learner update on the same batch
   peer     TRL's GRPOTrainer vs our trainer on the identical single-turn GSM8K workload (same model, prompts,
            group size, forced completion length, fp32, CPU, transformers generation); needs `pip install trl`
            in the benchmark environment (not a project dependency)
@@ -182,6 +184,62 @@ else:
 lp.sum().backward()
 print((status("VmHWM:") - base) / 1024)
 """
+
+
+LORA_CHILD = """
+import json, sys, time
+sys.path.insert(0, {root!r})
+import torch
+from agentrl.learner import Learner, LearnerConfig
+from agentrl.policies.lora import LoraSpec
+from agentrl.policies.models import ModelSpec, load_model
+from scripts.benchmark import alfworld_batch
+
+def status(key):
+    return next(int(x.split()[1]) for x in open("/proc/self/status") if x.startswith(key))
+torch.manual_seed(0)
+spec = ModelSpec(name="tiny-qwen2", hidden_size=128, num_layers=4) if {quick} else ModelSpec(name="smollm2-135m-instruct")
+spec.lora = LoraSpec(rank={rank})
+model, tok = load_model(spec)
+samples = alfworld_batch(len(tok), 16 if {quick} else 8, {quick})
+learner = Learner(model, LearnerConfig(lr=1e-6, mini_batches=2, micro_batch_tokens=4096))
+learner.update(samples, p=1.0)  # warm-up: optimizer state allocated
+open("/proc/self/clear_refs", "w").write("5")
+base = status("VmRSS:")
+times = []
+for _ in range(2):
+    started = time.perf_counter()
+    learner.update(samples, p=1.0)
+    times.append(time.perf_counter() - started)
+print(json.dumps({{
+    "trainable_params": sum(p.numel() for p in learner.params),
+    "total_params": sum(p.numel() for p in model.parameters()),
+    "rss_mb": status("VmHWM:") / 1024,
+    "update_s": min(times),
+}}))
+"""
+
+
+def bench_lora(quick: bool) -> dict[str, Any]:
+    """Full fine-tuning vs LoRA rank 16 on the same model and batch, each in a fresh process (peak RSS)."""
+    root = str(Path(__file__).resolve().parents[1])
+    out: dict[str, Any] = {}
+    for name, rank in (("full", 0), ("lora16", 16)):
+        res = subprocess.run(
+            [sys.executable, "-c", LORA_CHILD.format(root=root, quick=quick, rank=rank)],
+            capture_output=True,
+            text=True,
+            cwd=root,
+        )
+        if res.returncode != 0:  # a measured outcome too: record it, don't hide it
+            out[f"{name}_error"] = f"exit {res.returncode}: {res.stderr.strip().splitlines()[-1:]}"
+            continue
+        for key, value in json.loads(res.stdout.strip().splitlines()[-1]).items():
+            out[f"{name}_{key}"] = value
+    if "full_update_s" in out and "lora16_update_s" in out:
+        out["lora_update_time_ratio"] = out["lora16_update_s"] / out["full_update_s"]
+        out["lora_peak_rss_ratio"] = out["lora16_rss_mb"] / out["full_rss_mb"]
+    return out
 
 
 def logprob_memory(quick: bool) -> dict[str, float]:
@@ -447,7 +505,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="tiny model and small sizes (seconds)")
     ap.add_argument("--gpu", action="store_true", help="the GPU section only (needs CUDA)")
-    ap.add_argument("--sections", nargs="+", default=["peak", "learner", "loss", "padding", "rollout"])
+    ap.add_argument("--sections", nargs="+", default=["peak", "learner", "loss", "padding", "rollout", "lora"])
     ap.add_argument("--out", default="benchmark.json")
     args = ap.parse_args(argv)
     torch.manual_seed(0)
@@ -489,6 +547,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         save()
     if "peer" in args.sections:
         report["peer"] = bench_peer(args.quick)
+        save()
+    if "lora" in args.sections:
+        report["lora"] = bench_lora(args.quick)
         save()
     save()
     for section, values in report.items():

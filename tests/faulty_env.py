@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -26,4 +28,22 @@ class FaultyEnv(TextEnv):
             time.sleep(600)
         if action == "raise":
             raise ValueError("boom")
+        if action == "exit":
+            sys.exit(0)
+        if action == "bad info":
+            return "ok", 0.0, False, False, ["not", "a", "dict"]
+        if action == "bad actions":
+            return "ok", 0.0, False, False, empty_info(admissible_actions=["look", 3, None])
+        if action == "bad obs":
+            return b"bytes", 0.0, False, False, empty_info()
+        if action == "huge":
+            return "x" * 10_000_000, 0.0, False, False, empty_info()
+        if action == "nan":
+            return "ok", float("nan"), False, False, empty_info()
+        if action == "leak":
+            self.hoard = [bytearray(2**20) for _ in range(4096)]  # 4 GiB, far over the test's cap
+        if action.startswith("spawn "):  # a child process that would outlive a carelessly killed worker
+            child = subprocess.Popen(["sleep", "600"])
+            with open(action.removeprefix("spawn "), "w") as f:
+                f.write(str(child.pid))
         return f"echo {action}", 1.0, action == "ok", False, empty_info(won=action == "ok", pid=os.getpid())

@@ -18,10 +18,12 @@ def test_benchmark_quick_mode_produces_every_section(tmp_path):
     out = tmp_path / "bench.json"
     report = benchmark.main(["--quick", "--out", str(out)])
     assert json.loads(out.read_text()) == json.loads(json.dumps(report))
-    for section in ("peak", "learner", "loss", "padding", "rollout"):
+    for section in ("peak", "learner", "loss", "padding", "rollout", "lora"):
         assert section in report
     learner = report["learner"]
     assert learner["tokens"] > 0 and learner["update_tokens_per_s"] > 0 and learner["plain_tokens_per_s"] > 0
     padding = report["padding"]
     assert padding["padding_frac_length_grouped"] <= padding["padding_frac_naive"]
     assert report["rollout"]["episodes"] == 8 and report["rollout"]["generated_tokens"] > 0
+    lora = report["lora"]
+    assert 0 < lora["lora16_trainable_params"] < lora["full_trainable_params"] == lora["full_total_params"]

@@ -125,3 +125,76 @@ def test_wheel_ships_only_the_agentrl_package(tmp_path):
     assert top == {"agentrl"}, top
     for module in ("agentrl/envs/__init__.py", "agentrl/policies/hf.py", "agentrl/configs/config.yaml"):
         assert module in names
+
+
+def test_machine_dependent_mistakes_are_reported_together_before_weights_load(tmp_path, monkeypatch):
+    import agentrl.policies.models as models
+
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("weights loaded"))
+    data = tmp_path / "bad.jsonl"
+    data.write_text('{"problem": "1+1?", "answer": "2"}\n{"problem": ')
+    panel = tmp_path / "panel.json"
+    panel.write_text('{"instances": [0, 99]}')
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    overrides = [
+        "env=math",
+        f"+env.kwargs.data_path={data}",
+        f"env.eval_sets=[{{name: test, kwargs: {{}}, panel: {panel}}}]",
+        "env.prompt.reasoning=false",  # AnswerPromptFormat has no such option
+        f"trainer.run_dir={blocker}/run",  # under a file: not writable
+        "model.device=cuda:3",
+    ]
+    with pytest.raises(ConfigError) as err:
+        trainer_module.train(load_config(overrides))
+    message = str(err.value)
+    for expected in (
+        "bad.jsonl line 2: not a JSON object",
+        "takes no option 'reasoning'",
+        "is not a writable folder",
+        "cuda",
+    ):
+        assert expected in message, (expected, message)
+    good = tmp_path / "good.jsonl"
+    good.write_text('{"problem": "1+1?", "answer": "2"}\n')
+    with pytest.raises(ConfigError, match=r"instances \[99\] are outside this task set \(0..0\)"):
+        validate_config(load_config(["env=math", f"+env.kwargs.data_path={good}", overrides[2]]))
+
+
+def test_a_hub_model_id_fails_in_seconds_offline(monkeypatch):
+    import time
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    started = time.perf_counter()
+    with pytest.raises(ConfigError, match="not a local folder nor in the Hugging Face cache.*model.name=DIR"):
+        validate_config(load_config(["model.name=SomeOrg/some-model-7b"]))
+    assert time.perf_counter() - started < 20
+
+
+def test_agentrl_eval_checks_every_argument_and_the_out_folder_before_loading(tmp_path, capsys):
+    from agentrl import eval_cli
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(SystemExit) as exit_:
+        eval_cli.main(
+            [
+                "--env",
+                "agentrl/CueBandit-v1",
+                "--model",
+                "no/such-folder/x",
+                "--instances",
+                "0",
+                "--out",
+                f"{blocker}/o",
+            ]
+        )
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    for expected in (
+        "unknown env id 'agentrl/CueBandit-v1'",
+        "does not exist",
+        "--instances must be >= 1",
+        "not a writable location",
+    ):
+        assert expected in err, (expected, err)

@@ -225,3 +225,35 @@ def test_textworld_meta_commands_touch_no_files(tw_games, command, tmp_path, mon
     env.step("look")
     assert list(tmp_path.iterdir()) == []
     assert zmachine_safe(command) == ""
+
+
+def test_math_data_errors_name_the_file_and_line_and_long_problems_are_refused(tmp_path):
+    cases = {
+        "truncated.jsonl": (
+            '{"problem": "1+1?", "answer": "2"}\n{"problem": "2+',
+            "truncated.jsonl line 2: not a JSON",
+        ),
+        "empty.jsonl": ("\n\n", "holds no problems"),
+        "list.jsonl": ("[1, 2]\n", "line 1: not a JSON object but list"),
+        "long.jsonl": (json.dumps({"problem": "x" * 9000, "answer": "1"}) + "\n", "line 1: the problem has 9000"),
+    }
+    for name, (text, message) in cases.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ValueError, match=message):
+            envs.make_env("agentrl/Math-v0", data_path=str(tmp_path / name))
+
+
+def test_math_extraction_is_linear_and_timeouts_set_verify_error():
+    import time
+
+    from agentrl.envs.math_env import last_boxed
+
+    assert last_boxed("a \\boxed{1} b \\boxed {x^{2}} c \\boxed{unclosed") == "x^{2}"
+    assert last_boxed("\\boxed{}") == "" and last_boxed("no box") is None
+    started = time.perf_counter()  # 200k unclosed boxes: quadratic scanning took minutes
+    assert last_boxed("\\boxed{" * 200_000) is None
+    assert time.perf_counter() - started < 10
+    env = envs.make_env("agentrl/Math-v0", verify_timeout=1)
+    env.reset(options={"instance": 0})
+    _, reward, _, _, info = env.step("\\boxed{9^{9^{9^{9}}}}")  # sympy cannot finish this comparison in 1 s
+    assert reward == 0.0 and info["verify_error"].startswith("timeout")

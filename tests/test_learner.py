@@ -150,3 +150,33 @@ def test_single_on_policy_step_skips_old_log_probs_without_changing_the_gradient
             assert metrics["entropy"] > 0  # measured in the training pass instead
     for a, b in zip(*grads):
         assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)
+
+
+def test_update_progress_counts_every_micro_batch_of_every_pass(monkeypatch):
+    import agentrl.learner as learner_module
+
+    bars = []
+
+    class Spy:
+        def __init__(self, total, **kwargs):
+            self.total, self.n, self.descs = total, 0, set()
+            bars.append(self)
+
+        def set_description(self, desc, refresh=True):
+            self.descs.add(desc)
+
+        def update(self, n=1):
+            self.n += n
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(learner_module, "tqdm", Spy)
+    model, tok = make_tiny()
+    ref = copy.deepcopy(model).eval()
+    cfg = LearnerConfig(mini_batches=2, micro_batch_tokens=64, kl_coef=0.1)
+    learner = Learner(model, cfg, AlgoConfig(), ref_model=ref)
+    learner.update(random_samples(12, len(tok)), p=0.5, progress=True)
+    (bar,) = bars
+    assert bar.n == bar.total > 2 * 2  # more ticks than optimizer steps: micro-batches of all three passes
+    assert {"old log-probs", "ref log-probs", "update step 1/2", "update step 2/2"} <= bar.descs

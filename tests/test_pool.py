@@ -106,3 +106,60 @@ def test_restart_fails_commands_still_pending_on_that_worker(pool):
     assert "died" in r1[0].error and r1[1].error is None
     assert "restarted before answering" in r2[0].error and r2[1].error is None
     assert time.monotonic() - started < pool.timeout_s  # no wait for an answer that will never come
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize(
+    ("action", "reason"),
+    [
+        ("exit", "sys.exit(0)"),
+        ("bad info", "list info, not a dict"),
+        ("bad actions", "admissible_actions that are not a list of strings"),
+        ("bad obs", "bytes observation, not a str"),
+        ("huge", "observation of 10000000 characters, over rollout.max_observation_chars=32768"),
+        ("nan", "non-finite reward"),
+    ],
+)
+def test_a_misbehaving_env_ends_its_episode_with_a_reason_and_the_pool_goes_on(workers, action, reason):
+    with EnvPool(functools.partial(FaultyEnv), num_workers=workers, timeout_s=10) as p:
+        p.reset([(s, 0, None) for s in range(2)])
+        bad, good = p.step([(0, action), (1, "fine")])
+        assert bad.truncated and reason in bad.error, bad.error
+        assert good.error is None and good.observation == "echo fine"
+        assert p.restarts == 0  # a contract breach ends the episode, not the worker
+        again = p.reset([(0, 1, None)])[0]
+        assert again.error is None and again.observation.startswith("start")
+
+
+def test_a_leaking_env_hits_the_memory_cap_and_its_worker_is_restarted():
+    with EnvPool(functools.partial(FaultyEnv), num_workers=1, timeout_s=30, memory_mb=512) as p:
+        p.reset([(0, 0, None), (1, 0, None)])
+        first = p.worker_pids()[0]
+        leaked, other = p.step([(0, "leak"), (1, "fine")])
+        assert leaked.truncated and "out of memory" in leaked.error
+        assert other.truncated and "restarted" in other.error  # it shared the worker
+        assert p.restarts == 1 and p.worker_pids()[0] != first
+        fresh = p.reset([(0, 0, None)])[0]
+        assert fresh.error is None
+
+
+def test_processes_an_env_spawned_die_with_its_worker(tmp_path):
+    marker = tmp_path / "child.pid"
+    p = EnvPool(functools.partial(FaultyEnv), num_workers=1, timeout_s=10)
+    p.reset([(0, 0, None)])
+    assert p.step([(0, f"spawn {marker}")])[0].error is None
+    child = int(marker.read_text())
+    assert _alive(child)
+    p.step([(0, "crash")])  # the worker dies; the pool restarts it and must take the orphan down with it
+    deadline = time.time() + 10
+    while _alive(child) and time.time() < deadline:
+        time.sleep(0.05)
+    assert not _alive(child)
+    p.reset([(0, 0, None)])
+    assert p.step([(0, f"spawn {marker}")])[0].error is None
+    second = int(marker.read_text())
+    p.close()  # a clean shutdown also kills what the envs spawned
+    deadline = time.time() + 10
+    while _alive(second) and time.time() < deadline:
+        time.sleep(0.05)
+    assert not _alive(second)

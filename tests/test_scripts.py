@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from pathlib import Path
 
 from gymnasium.utils.env_checker import check_env
@@ -30,23 +29,24 @@ def test_readme_custom_env_example_runs(tmp_path, monkeypatch):
     from agentrl.config import load_config
     from agentrl.trainer import train
 
-    cfg = load_config(
-        [
-            "env.id=myorg/Guess-v0",
-            "env.imports=[my_env]",
-            "env.eval_instances=3",
-            "rollout.num_workers=0",
-            "rollout.group_size=2",
-            "rollout.tasks_per_iteration=2",
-            "rollout.max_turns=2",
-            "rollout.max_new_tokens=8",
-            "trainer.iterations=2",
-            f"trainer.run_dir={tmp_path / 'run'}",
-            "model.device=cpu",
-        ]
-    )
-    result = train(cfg)
-    assert result["after"]["iteration"] == 2 and (tmp_path / "run" / "metrics.jsonl").exists()
+    runs = []
+    for seed in (0, 1):  # the researcher's loop: train small with the preset, twice, ...
+        run = tmp_path / f"run{seed}"
+        overrides = ["experiment=custom_cpu", "env.id=myorg/Guess-v0", "env.imports=[my_env]", "model=tiny"]
+        overrides += ["env.prompt.reasoning=false", "trainer.iterations=2", "trainer.progress=false"]
+        result = train(load_config([*overrides, f"trainer.seed={seed}", f"trainer.run_dir={run}"]))
+        assert result["after"]["iteration"] == 2 and (run / "config.yaml").exists()
+        runs.append(run)
+    out = tmp_path / "eval"  # ... evaluate the checkpoint under the prompt it was trained with ...
+    eval_cli.main(["--run", str(runs[0]), "--instances", "3", "--workers", "0", "--out", str(out), "--no-progress"])
+    report = json.loads((out / "eval.json").read_text())
+    assert report["env"] == "myorg/Guess-v0" and report["prompt_options"] == {"reasoning": False}
+    assert report["prompt_format"].endswith(":AgentPromptFormat") and report["model"].endswith("iter-000002/model")
+    assert report["sampling"]["max_new_tokens"] == 48 and report["sampling"]["max_turns"] == 6
+    from agentrl import plot  # ... and compare the two runs in one figure
+
+    png = plot.plot(runs, tmp_path / "compare.png")
+    assert png.read_bytes()[:4] == b"\x89PNG"
 
 
 def test_eval_cli_scripted_agent_writes_reports(tmp_path, capsys):
@@ -118,9 +118,8 @@ def test_eval_cli_with_a_model(tmp_path):
     assert [len(r["episodes"]) for r in report["per_seed"]] == [4, 4]
 
 
-def test_plot_script_writes_png(tmp_path):
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import plot
+def test_plot_writes_png(tmp_path):
+    from agentrl import plot
 
     rows = [
         {
@@ -138,5 +137,5 @@ def test_plot_script_writes_png(tmp_path):
     rows.append({"iteration": 3, "kind": "eval", "eval/valid_seen/success": 0.5, "eval/valid_seen/success/pick": 1.0})
     assert plot.expand("eval/*/success", rows) == ["eval/valid_seen/success"]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    out = plot.plot(tmp_path)
+    out = plot.plot([tmp_path])
     assert out.exists() and out.read_bytes()[:4] == b"\x89PNG"

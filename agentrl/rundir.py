@@ -1,0 +1,150 @@
+"""Run directories: where a run goes, one process per directory, and never destroying a run by accident.
+
+    runs/<experiment>/<YYYY-mm-dd_HH-MM-SS>/     a fresh run (trainer.run_dir unset), printed at start
+    runs/<experiment>/latest                      → the newest run of that experiment (trainer.resume=auto uses it)
+
+A run directory holds config.yaml (the resolved config), metrics.jsonl, checkpoints/ and `.lock` while a process
+trains in it. A fresh run (trainer.resume=never) refuses a directory that already holds a run unless
+trainer.overwrite=true; `.tmp-*` folders left by interrupted checkpoint writes are removed on the next start.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import time
+import warnings
+from pathlib import Path
+
+from agentrl.errors import ConfigError
+
+LOCK_NAME = ".lock"
+RUNS_ROOT = Path("runs")
+
+
+def default_run_dir(experiment: str, resume: str, root: Path = RUNS_ROOT) -> Path:
+    """The run directory when trainer.run_dir is unset: `latest` of the experiment when resuming (if any), else a
+    new timestamped folder (a second in the same second gets a suffix)."""
+    base = root / (experiment or "default")
+    if resume == "auto" and (base / "latest").exists():
+        return (base / "latest").resolve()
+    stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+    path, k = base / stamp, 1
+    while path.exists():
+        path, k = base / f"{stamp}-{k}", k + 1
+    return path
+
+
+def point_latest(run_dir: Path) -> None:
+    """Make `<run_dir>/../latest` point at run_dir (a relative symlink; best effort where links are unsupported)."""
+    link = run_dir.parent / "latest"
+    try:
+        tmp = run_dir.parent / f".latest-{os.getpid()}"
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(run_dir.name)
+        os.replace(tmp, link)
+    except OSError as err:
+        warnings.warn(f"could not update {link}: {err}", stacklevel=2)
+
+
+def holds_run(run_dir: Path) -> list[str]:
+    """What of a previous run is in run_dir (empty: nothing)."""
+    found = []
+    if (run_dir / "metrics.jsonl").exists():
+        found.append("metrics.jsonl")
+    ckpts = run_dir / "checkpoints"
+    if ckpts.exists() and any(p.name.startswith("iter-") for p in ckpts.iterdir()):
+        found.append(f"{sum(p.name.startswith('iter-') for p in ckpts.iterdir())} checkpoint(s)")
+    return found
+
+
+def check_run_dir(run_dir: Path, resume: str, overwrite: bool) -> list[str]:
+    """Problems found before any weights load: an unwritable location, or a fresh run over an existing one."""
+    problems = []
+    parent = run_dir
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        problems.append(f"trainer.run_dir={str(run_dir)!r}: {parent} is not a writable folder; choose another run_dir")
+    elif resume == "never" and not overwrite and (found := holds_run(run_dir)):
+        problems.append(
+            f"trainer.run_dir={str(run_dir)!r} already holds a run ({', '.join(found)}); continue it with "
+            "trainer.resume=auto, start elsewhere (leave trainer.run_dir unset for a new timestamped folder), or "
+            "replace it with trainer.overwrite=true"
+        )
+    return problems
+
+
+def prepare_run_dir(run_dir: Path, resume: str, overwrite: bool) -> None:
+    """Create run_dir, clear it when a fresh run overwrites, and remove leftovers of interrupted writes."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if resume == "never" and overwrite:
+        for name in ("checkpoints", "tensorboard"):
+            shutil.rmtree(run_dir / name, ignore_errors=True)
+        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    ckpts = run_dir / "checkpoints"
+    if ckpts.exists():
+        for tmp in ckpts.glob(".tmp-*"):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class RunLock:
+    """One training process per run directory. A lock left by a dead process (same host) is taken over; a live
+    one is refused with the holder's pid. Released on exit (context manager)."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / LOCK_NAME
+        self.held = False
+
+    def acquire(self) -> None:
+        me = {"pid": os.getpid(), "host": socket.gethostname()}
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self._holder()
+                if holder and holder.get("host") == me["host"] and not _alive(int(holder.get("pid", -1))):
+                    warnings.warn(f"removing a stale lock of dead process {holder['pid']} in {self.path}", stacklevel=2)
+                    self.path.unlink(missing_ok=True)
+                    continue
+                who = f"process {holder.get('pid')} on {holder.get('host')}" if holder else "another process"
+                raise ConfigError(
+                    f"{self.path.parent} is in use by {who}; wait for it to finish, or use another trainer.run_dir "
+                    f"(if that process is gone, delete {self.path})"
+                ) from None
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            self.held = True
+            return
+        raise ConfigError(f"could not lock {self.path.parent}")
+
+    def _holder(self) -> dict | None:
+        try:
+            data = json.loads(self.path.read_text())
+            return data if isinstance(data, dict) else None
+        except (OSError, ValueError):
+            return None
+
+    def release(self) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+    def __enter__(self) -> RunLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

@@ -1,0 +1,195 @@
+"""Run directories and checkpoints under misuse: locks, fresh runs over old ones, config changes on resume,
+damaged checkpoints and logs, diverging weights, Ctrl-C. Each case failed (lost or mixed a run) before its fix."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from agentrl import trainer as trainer_module
+from agentrl.checkpoint import list_checkpoints
+from agentrl.config import load_config
+from agentrl.errors import ConfigError
+from agentrl.metrics import read_metrics
+from agentrl.rundir import RunLock
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _cfg(run_dir: Path, *extra: str):
+    return load_config(
+        [
+            "experiment=cuebandit",
+            f"trainer.run_dir={run_dir}",
+            "trainer.iterations=4",
+            "trainer.checkpoint_every=2",
+            "trainer.eval_every=2",
+            "trainer.keep_checkpoints=5",
+            "trainer.progress=false",
+            *extra,
+        ]
+    )
+
+
+def _weights(run_dir: Path, iteration: int) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(run_dir / "checkpoints" / f"iter-{iteration:06d}" / "model" / "model.safetensors")
+
+
+def test_a_second_run_in_a_locked_directory_is_refused_and_a_stale_lock_is_taken_over(tmp_path):
+    with RunLock(tmp_path):
+        with pytest.raises(ConfigError, match=f"in use by process {os.getpid()}"):
+            trainer_module.train(_cfg(tmp_path, "trainer.resume=auto"))
+    assert not (tmp_path / ".lock").exists()  # released on exit
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / ".lock").write_text(json.dumps({"pid": dead.pid, "host": os.uname().nodename}))
+    with pytest.warns(UserWarning, match="stale lock"):
+        trainer_module.train(_cfg(tmp_path))
+    assert not (tmp_path / ".lock").exists()
+
+
+def test_a_fresh_run_never_destroys_an_existing_one(tmp_path):
+    trainer_module.train(_cfg(tmp_path))
+    before = {p.name for p in list_checkpoints(tmp_path)}
+    assert before == {"iter-000002", "iter-000004"}
+    with pytest.raises(ConfigError, match="already holds a run .*trainer.resume=auto.*trainer.overwrite=true"):
+        trainer_module.train(_cfg(tmp_path))
+    assert {p.name for p in list_checkpoints(tmp_path)} == before and read_metrics(tmp_path)
+    (tmp_path / "checkpoints" / ".tmp-iter-000006-123").mkdir()  # left by a write that was killed
+    trainer_module.train(_cfg(tmp_path, "trainer.overwrite=true", "trainer.iterations=2", "trainer.keep_checkpoints=1"))
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["iter-000002"]
+    assert not list((tmp_path / "checkpoints").glob(".tmp-*"))
+
+
+def test_pruning_never_deletes_checkpoints_newer_than_the_one_just_written(tmp_path):
+    from agentrl.checkpoint import save_checkpoint
+    from tests.conftest import make_tiny
+
+    model, tok = make_tiny()
+    for it in (10, 20):
+        save_checkpoint(tmp_path, it, model, tok, {"learner": {}}, keep=1)
+    save_checkpoint(tmp_path, 3, model, tok, {"learner": {}}, keep=1)  # e.g. an older run's folder reused
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["iter-000003", "iter-000020"]
+
+
+def test_resume_refuses_changes_that_mix_runs_and_applies_a_new_learning_rate(tmp_path):
+    trainer_module.train(_cfg(tmp_path, "trainer.iterations=2"))
+    saved = json.loads((tmp_path / "checkpoints" / "iter-000002" / "config.json").read_text())
+    assert saved["algo"]["loss"] == "holder_seq" and (tmp_path / "config.yaml").exists()
+    with pytest.raises(ConfigError) as err:
+        trainer_module.train(_cfg(tmp_path, "trainer.resume=auto", "trainer.seed=7", "algo=grpo"))
+    message = str(err.value)
+    assert "trainer.seed: 0 → 7" in message and "algo.loss: 'holder_seq' → 'grpo'" in message
+    with pytest.raises(ConfigError, match="p schedule spans trainer.iterations; set algo.p_schedule_steps=2"):
+        trainer_module.train(_cfg(tmp_path, "trainer.resume=auto", "trainer.iterations=4"))
+    seen = {}
+    original = trainer_module.Learner.load_state_dict
+
+    def spy(self, state):
+        original(self, state)
+        seen["lr"] = [g["lr"] for g in self.optimizer.param_groups]
+
+    trainer_module.Learner.load_state_dict = spy
+    try:
+        trainer_module.train(
+            _cfg(tmp_path, "trainer.resume=auto", "trainer.iterations=4", "algo.p_schedule_steps=2", "learner.lr=1e-4")
+        )
+    finally:
+        trainer_module.Learner.load_state_dict = original
+    assert seen["lr"] and all(lr == 1e-4 for lr in seen["lr"])  # the new lr took effect, not the saved one
+
+
+def test_a_damaged_newest_checkpoint_falls_back_to_the_newest_good_one(tmp_path):
+    trainer_module.train(_cfg(tmp_path))
+    good = _weights(tmp_path, 2)
+    weights = tmp_path / "checkpoints" / "iter-000004" / "model" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0x01  # one flipped bit: the file still loads, only the checksum notices
+    weights.write_bytes(bytes(data))
+    with (tmp_path / "metrics.jsonl").open("a") as f:
+        f.write('{"iteration": 5, "kind": "tr')  # a row cut short by a crash
+    with pytest.warns(UserWarning) as caught:
+        result = trainer_module.train(_cfg(tmp_path, "trainer.resume=auto"))
+    messages = " ".join(str(w.message) for w in caught)
+    assert "checksum mismatch in model/model.safetensors" in messages and "damaged line" in messages
+    rows = read_metrics(tmp_path)
+    assert [r["iteration"] for r in rows if r["kind"] == "train"] == [1, 2, 3, 4]  # resumed after 2, no duplicates
+    assert result["after"] is not None
+    assert not torch.equal(_weights(tmp_path, 4)["model.embed_tokens.weight"], good["model.embed_tokens.weight"])
+
+
+def test_garbage_in_every_checkpoint_is_refused_with_the_reasons(tmp_path):
+    trainer_module.train(_cfg(tmp_path, "trainer.iterations=2"))
+    (tmp_path / "checkpoints" / "iter-000002" / "config.json").write_text("{not json")
+    with (
+        pytest.raises(ConfigError, match="(?s)no usable checkpoint.*iter-000002: checksum mismatch in config.json"),
+        pytest.warns(UserWarning),
+    ):
+        trainer_module.train(_cfg(tmp_path, "trainer.resume=auto"))
+
+
+def test_non_finite_settings_are_all_rejected_before_weights_load(tmp_path, monkeypatch):
+    import agentrl.policies.models as models
+
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("weights loaded"))
+    bad = ["learner.lr=nan", "learner.max_grad_norm=inf", "algo.clip_low=-1", "rollout.temperature=nan"]
+    with pytest.raises(ConfigError) as err:
+        trainer_module.train(_cfg(tmp_path, *bad))
+    message = str(err.value)
+    for key in ("learner.lr", "learner.max_grad_norm", "clip", "rollout.temperature"):
+        assert key in message, (key, message)
+
+
+def test_weights_that_become_non_finite_stop_the_run_and_are_never_saved(tmp_path, monkeypatch):
+    original = trainer_module.Learner.update
+
+    def poisoned(self, samples, p, **kwargs):  # an update that overflows in iteration 3 (after a checkpoint at 2)
+        out = original(self, samples, p, **kwargs)
+        if self.optimizer_steps > 2 * self.cfg.mini_batches:
+            with torch.no_grad():
+                next(self.model.parameters()).view(-1)[0] = float("inf")
+        return out
+
+    monkeypatch.setattr(trainer_module.Learner, "update", poisoned)
+    with pytest.raises(trainer_module.TrainingDiverged, match="non-finite in iteration 3.*resume from .*iter-000002"):
+        trainer_module.train(_cfg(tmp_path))
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["iter-000002"]
+
+
+def test_resumed_tensorboard_log_has_no_duplicated_steps(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    trainer_module.train(_cfg(tmp_path, "trainer.tensorboard=true", "trainer.checkpoint_every=3"))
+    (tmp_path / "checkpoints" / "iter-000004").rename(tmp_path / "checkpoints" / "gone")  # resume from 3
+    trainer_module.train(
+        _cfg(tmp_path, "trainer.tensorboard=true", "trainer.checkpoint_every=3", "trainer.resume=auto")
+    )
+    acc = EventAccumulator(str(tmp_path / "tensorboard"))
+    acc.Reload()
+    steps = [e.step for e in acc.Scalars("rollout/success")]
+    assert steps == [1, 2, 3, 4]
+
+
+def test_ctrl_c_stops_cleanly_with_the_resume_command(tmp_path):
+    cmd = [sys.executable, "-m", "agentrl.trainer", "experiment=cuebandit", f"trainer.run_dir={tmp_path}"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (tmp_path / "metrics.jsonl").exists():
+        time.sleep(0.05)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and f"trainer.run_dir={tmp_path} trainer.resume=auto" in err
+    assert not (tmp_path / ".lock").exists()
