@@ -205,9 +205,11 @@ def validate_config(cfg: Config, *, resources: bool = True) -> None:
         kwarg_problems = check_env_kwargs(cfg)
         problems += kwarg_problems
         try:
-            envs.make_prompt_format(cfg.env.id, cfg.env.prompt_format, **cfg.env.prompt.as_kwargs())
+            fmt = envs.make_prompt_format(cfg.env.id, cfg.env.prompt_format, **cfg.env.prompt.as_kwargs())
         except ConfigError as err:
             problems.append(str(err))
+        else:
+            problems += check_constrained(cfg, fmt)
         if resources and not kwarg_problems:
             problems += check_env_data(cfg)
     problems += cfg.algo.validate(cfg.trainer.iterations, cfg.rollout.max_new_tokens)
@@ -241,6 +243,19 @@ def validate_config(cfg: Config, *, resources: bool = True) -> None:
         problems += check_model_spec(cfg.model)
     if problems:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
+
+
+def check_constrained(cfg: Config, fmt: Any) -> list[str]:
+    """rollout.constrained_actions needs a prompt format that can spell a reply naming an action."""
+    if not cfg.rollout.constrained_actions:
+        return []
+    if not hasattr(fmt, "constrained_reply"):
+        return [f"rollout.constrained_actions=true: the prompt format {type(fmt).__name__} has no constrained_reply()"]
+    try:
+        fmt.constrained_reply("look")
+    except ValueError as err:
+        return [f"rollout.constrained_actions=true: {err}"]
+    return []
 
 
 def check_env_data(cfg: Config) -> list[str]:

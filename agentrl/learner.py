@@ -69,6 +69,31 @@ class Batch:
     action_mask: torch.Tensor
     advantages: torch.Tensor
     index: list[int]  # positions of these rows in the sample list
+    # constrained decoding, over the N action positions in row-major order: which are restricted [N] bool, and the
+    # (position, token) pairs allowed there ([M], [M]); None when no row is constrained
+    allowed: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+
+def _allowed_pairs(rows: Sequence[Sample]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    if all(s.allowed is None for s in rows):
+        return None
+    restricted: list[bool] = []
+    positions: list[int] = []
+    tokens: list[int] = []
+    for s in rows:
+        mask = s.action_mask[1:]  # token_log_probs scores positions 1..T-1 (a first token has no context)
+        entries = s.allowed if s.allowed is not None else [None] * sum(s.action_mask)
+        entries = entries[len(entries) - sum(mask) :]
+        for allowed in entries:
+            if allowed is not None:
+                positions += [len(restricted)] * len(allowed)
+                tokens += allowed
+            restricted.append(allowed is not None)
+    return (
+        torch.tensor(restricted, dtype=torch.bool),
+        torch.tensor(positions, dtype=torch.long),
+        torch.tensor(tokens, dtype=torch.long),
+    )
 
 
 def collate(samples: Sequence[Sample], index: Sequence[int], device: torch.device, pad_id: int = 0) -> Batch:
@@ -83,7 +108,9 @@ def collate(samples: Sequence[Sample], index: Sequence[int], device: torch.devic
         att[r, :n] = 1
         act[r, :n] = torch.tensor(s.action_mask)
     adv = torch.tensor([s.advantage for s in rows], dtype=torch.float32)
-    return Batch(ids.to(device), att.to(device), act.to(device), adv.to(device), list(index))
+    allowed = _allowed_pairs(rows)
+    allowed = None if allowed is None else tuple(t.to(device) for t in allowed)
+    return Batch(ids.to(device), att.to(device), act.to(device), adv.to(device), list(index), allowed)
 
 
 def length_grouped(
@@ -105,16 +132,42 @@ def length_grouped(
 
 
 def _chunk_log_probs(
-    lm_head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, temperature: float, entropy: Entropy
+    lm_head: torch.nn.Module,
+    hidden: torch.Tensor,
+    targets: torch.Tensor,
+    temperature: float,
+    entropy: Entropy,
+    keep: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probs of `targets` [n] and, when asked, the entropy [n] of the same (temperature-scaled) distribution
-    (with gradient for an entropy bonus, detached for a metric) or an empty tensor."""
-    logp = torch.log_softmax(lm_head(hidden).float() / temperature, dim=-1)  # [n, V], only this chunk
+    (with gradient for an entropy bonus, detached for a metric) or an empty tensor. `keep` [n, V] restricts each
+    position to its allowed tokens (constrained decoding): the distribution is renormalised over them."""
+    logits = lm_head(hidden).float() / temperature  # [n, V], only this chunk
+    if keep is not None:
+        logits = logits.masked_fill(~keep, float("-inf"))
+    logp = torch.log_softmax(logits, dim=-1)
     picked = logp.gather(-1, targets[:, None]).squeeze(-1)
     if entropy == "none":
         return picked, logp.new_zeros(0)
     with torch.set_grad_enabled(entropy == "grad" and torch.is_grad_enabled()):
-        return picked, -(logp.exp() * logp).sum(-1)
+        finite = logp if keep is None else logp.masked_fill(~keep, 0.0)  # 0 · log 0 = 0, with a finite gradient
+        return picked, -(logp.exp() * finite).sum(-1)
+
+
+def _keep_mask(
+    allowed: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None, start: int, end: int, vocab: int
+) -> torch.Tensor | None:
+    """[end − start, V] allowed-token mask for action positions start..end, or None if none is restricted."""
+    if allowed is None:
+        return None
+    restricted, positions, tokens = allowed
+    if not bool(restricted[start:end].any()):
+        return None
+    keep = torch.ones((end - start, vocab), dtype=torch.bool, device=restricted.device)
+    keep[restricted[start:end]] = False
+    inside = (positions >= start) & (positions < end)
+    keep[positions[inside] - start, tokens[inside]] = True
+    return keep
 
 
 def token_log_probs(
@@ -133,8 +186,11 @@ def token_log_probs(
     h = hidden[:, :-1][target_pos]  # [N, H]
     targets = batch.input_ids[:, 1:][target_pos]  # [N]
     pieces, entropies = [], []
+    vocab = lm_head.weight.shape[0]
     for start in range(0, h.shape[0], chunk):
-        args = (lm_head, h[start : start + chunk], targets[start : start + chunk], temperature, entropy)
+        end = min(start + chunk, h.shape[0])
+        keep = _keep_mask(batch.allowed, start, end, vocab)
+        args = (lm_head, h[start:end], targets[start:end], temperature, entropy, keep)
         if torch.is_grad_enabled():
             piece, ent = checkpoint(_chunk_log_probs, *args, use_reentrant=False)
         else:

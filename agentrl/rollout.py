@@ -20,7 +20,7 @@ from agentrl.chat import ChatTokens
 from agentrl.envs.pool import EnvPool, StepResult
 from agentrl.envs.prompting import HistoryItem, PromptFormat
 from agentrl.errors import unknown_name_message
-from agentrl.policies.base import Policy, SamplingParams
+from agentrl.policies.base import Constraint, Policy, SamplingParams, allowed_per_token
 from agentrl.types import Episode, SampleMode, Turn
 
 
@@ -36,6 +36,7 @@ class RolloutConfig:
     invalid_penalty: float = 0.1  # subtracted from the invalid turn's own row (samples.py)
     length_limited_is_invalid: bool = True  # a reply cut by max_new_tokens counts as invalid
     length_limited_scores_zero: bool = False  # and earns no env reward (oat: truncated responses get 0)
+    constrained_actions: bool = False  # sample only replies naming an admissible action (learner scores the same)
     sample_mode: SampleMode = SampleMode.window
     num_workers: int = 2  # env worker processes; 0 = in-process
     env_timeout_s: float = 120.0
@@ -210,7 +211,7 @@ class RolloutManager:
 
     def _turn(self, active: list[_Live], sampling: SamplingParams, iteration: int, turn: int) -> None:
         started = time.perf_counter()
-        prompts = []
+        prompts, constraints = [], []
         for state in list(active):
             ids, messages = self._prompt(state)
             if ids is None:
@@ -218,6 +219,7 @@ class RolloutManager:
                 active.remove(state)
             else:
                 prompts.append((ids, messages))
+                constraints.append(self._constraint(state))
         self.timings.prompt_s += time.perf_counter() - started
         if not active:
             return
@@ -229,9 +231,10 @@ class RolloutManager:
             started = time.perf_counter()
             seed = None if sampling.seed is None else generation_seed(sampling.seed, iteration, turn, k)
             chunk_sampling = replace(sampling, seed=seed)
-            completions = self.policy.generate([prompts[i][0] for i in part], chunk_sampling)
+            chunk_constraints = [constraints[i] for i in part] if self.cfg.constrained_actions else None
+            completions = self.policy.generate([prompts[i][0] for i in part], chunk_sampling, chunk_constraints)
             self.timings.generation_s += time.perf_counter() - started
-            actions = [self._record(active[i], prompts[i], c) for i, c in zip(part, completions)]
+            actions = [self._record(active[i], prompts[i], c, constraints[i]) for i, c in zip(part, completions)]
             started = time.perf_counter()
             pending.append((part, self.pool.step_async(actions)))  # in-process pools step right here
             self.timings.env_wait_s += time.perf_counter() - started
@@ -247,7 +250,22 @@ class RolloutManager:
             self.timings.env_busy_s += max(busy.values(), default=0.0)
         self.timings.env_wait_s += time.perf_counter() - started
 
-    def _record(self, state: _Live, prompt: tuple[list[int], list[dict[str, str]]], completion) -> tuple[int, str]:
+    def _constraint(self, state: _Live) -> Constraint | None:
+        """With rollout.constrained_actions: the token ids of every reply naming an admissible action, each closed
+        by the end-of-turn token; None when the env lists no admissible actions (free generation)."""
+        admissible = state.info.get("admissible_actions")
+        if not self.cfg.constrained_actions or not admissible:
+            return None
+        replies = dict.fromkeys(self.format.constrained_reply(a) for a in admissible)  # type: ignore[attr-defined]
+        return [self.chat.encode_plain(r) + [self.chat.eos_id] for r in replies]
+
+    def _record(
+        self,
+        state: _Live,
+        prompt: tuple[list[int], list[dict[str, str]]],
+        completion,
+        constraint: Constraint | None = None,
+    ) -> tuple[int, str]:
         """Parse a completion into the episode's next Turn; returns the (slot, action) to send to the env."""
         ids, messages = prompt
         action, valid = self.format.parse(completion.text, state.info.get("admissible_actions"))
@@ -265,6 +283,7 @@ class RolloutManager:
             finish_reason=completion.finish_reason,
             messages=messages,
             completion_logprobs=completion.logprobs,
+            allowed_ids=allowed_per_token(constraint, list(completion.token_ids)) if constraint else None,
         )
         state.episode.turns.append(turn)
         return state.slot, action

@@ -26,6 +26,7 @@ def _window_samples(episode: Episode) -> list[Sample]:
             group_id=episode.group_id,
             episode_id=episode.episode_id,
             turn_index=k,
+            allowed=turn.allowed_ids,
         )
         for k, turn in enumerate(episode.turns)
     ]
@@ -40,7 +41,17 @@ def _full_sample(episode: Episode) -> Sample:
         if ids[start : start + len(turn.completion_ids)] != turn.completion_ids:
             raise ValueError(f"episode {episode.episode_id}: turn prompts are not prefixes of the conversation")
         mask[start : start + len(turn.completion_ids)] = [1] * len(turn.completion_ids)
-    return Sample(ids, mask, reward=episode.total_reward, group_id=episode.group_id, episode_id=episode.episode_id)
+    allowed = None
+    if any(t.allowed_ids is not None for t in episode.turns):
+        allowed = [a for t in episode.turns for a in (t.allowed_ids or [None] * len(t.completion_ids))]
+    return Sample(
+        ids,
+        mask,
+        reward=episode.total_reward,
+        group_id=episode.group_id,
+        episode_id=episode.episode_id,
+        allowed=allowed,
+    )
 
 
 def build_samples(

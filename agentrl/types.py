@@ -54,6 +54,7 @@ class Turn:
     finish_reason: str = "stop"  # "stop" | "length"
     messages: list[dict[str, str]] = field(default_factory=list)  # the chat messages rendered into prompt_ids
     completion_logprobs: list[float] | None = None  # the sampler's, when the backend returns them
+    allowed_ids: list[list[int]] | None = None  # constrained decoding: the tokens allowed at each generated token
 
 
 @dataclass(kw_only=True)
@@ -97,10 +98,15 @@ class Sample:
     group_id: str = ""
     episode_id: int = 0
     turn_index: int = 0
+    # constrained decoding: per action token (in order), the token ids the sampler allowed there (None: the whole
+    # vocabulary); the learner's log-probs are then those of the same restricted distribution
+    allowed: list[list[int] | None] | None = None
 
     def __post_init__(self) -> None:
         if len(self.input_ids) != len(self.action_mask):
             raise ValueError(f"input_ids ({len(self.input_ids)}) and action_mask ({len(self.action_mask)}) differ")
+        if self.allowed is not None and len(self.allowed) != sum(self.action_mask):
+            raise ValueError(f"allowed has {len(self.allowed)} entries for {sum(self.action_mask)} action tokens")
 
     @property
     def num_action_tokens(self) -> int:

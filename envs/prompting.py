@@ -136,6 +136,12 @@ class AgentPromptFormat:
         )
         return [{"role": "user", "content": text}]
 
+    def constrained_reply(self, action: str) -> str:
+        """The reply that names `action` (rollout.constrained_actions samples only such replies)."""
+        if self.reasoning:
+            raise ValueError("constrained decoding needs env.prompt.reasoning=false (a <think> text cannot be listed)")
+        return f"<action>{action}</action>"
+
     def parse(self, reply: str, admissible: list[str] | None = None) -> tuple[str, bool]:
         reply = clean_text(reply)
         action, valid = project_action(reply, require_think=self.reasoning)
@@ -177,6 +183,9 @@ class WordChoicePromptFormat:
     ) -> list[dict[str, str]]:
         choices = f" Choices: {', '.join(admissible)}." if admissible else ""
         return [{"role": "system", "content": self.system}, {"role": "user", "content": f"{observation}{choices}"}]
+
+    def constrained_reply(self, action: str) -> str:
+        return action
 
     def parse(self, reply: str, admissible: list[str] | None = None) -> tuple[str, bool]:
         reply = clean_text(reply)

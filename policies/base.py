@@ -25,10 +25,30 @@ class Completion:
     logprobs: list[float] | None = None
 
 
+# Constrained decoding: the completions a prompt may receive, as token-id sequences (each ending with the EOS id).
+# Sampling then runs token by token over the tokens that continue some candidate (a trie), and the learner scores
+# the same restricted distribution (Sample.allowed), so ratios compare like with like.
+Constraint = list[list[int]]
+
+
+def allowed_next(candidates: Constraint, prefix: list[int]) -> list[int]:
+    """The distinct tokens that extend `prefix` towards some candidate, sorted ([] when none does)."""
+    k = len(prefix)
+    return sorted({c[k] for c in candidates if len(c) > k and c[:k] == prefix})
+
+
+def allowed_per_token(candidates: Constraint, ids: list[int]) -> list[list[int]]:
+    """For each generated token, the tokens that were allowed at its position."""
+    return [allowed_next(candidates, ids[:k]) for k in range(len(ids))]
+
+
 @runtime_checkable
 class Policy(Protocol):
-    """A generation backend. `sync_weights` pulls the learner's weights when they live elsewhere."""
+    """A generation backend. `sync_weights` pulls the learner's weights when they live elsewhere. `constraints`
+    (one per prompt, None = free) restricts each completion to one of its candidates."""
 
-    def generate(self, prompts: list[list[int]], sampling: SamplingParams) -> list[Completion]: ...
+    def generate(
+        self, prompts: list[list[int]], sampling: SamplingParams, constraints: list[Constraint | None] | None = None
+    ) -> list[Completion]: ...
 
     def sync_weights(self) -> None: ...

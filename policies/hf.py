@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from agentrl.policies.base import Completion, SamplingParams
+from agentrl.policies.base import Completion, Constraint, SamplingParams, allowed_next
 
 
 class HFPolicy:
@@ -55,22 +55,33 @@ class HFPolicy:
             )
         return gap
 
-    def generate(self, prompts: list[list[int]], sampling: SamplingParams) -> list[Completion]:
-        """One completion per prompt. Batches are formed from prompts of similar length to cut padding."""
+    def generate(
+        self, prompts: list[list[int]], sampling: SamplingParams, constraints: list[Constraint | None] | None = None
+    ) -> list[Completion]:
+        """One completion per prompt. Batches are formed from prompts of similar length to cut padding. With
+        `constraints`, a prompt's completion is one of its candidates, sampled token by token over the allowed
+        continuations; its log-probs are those of that restricted distribution."""
         if not prompts:
             return []
+        if constraints is not None and len(constraints) != len(prompts):
+            raise ValueError(f"{len(constraints)} constraints for {len(prompts)} prompts")
         out: list[Completion | None] = [None] * len(prompts)
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         if sampling.seed is not None:
             torch.manual_seed(sampling.seed)
         for start in range(0, len(order), self.batch_size):
             chunk = order[start : start + self.batch_size]
-            for i, completion in zip(chunk, self._generate_batch([prompts[i] for i in chunk], sampling)):
+            batch_constraints = None if constraints is None else [constraints[i] for i in chunk]
+            for i, completion in zip(
+                chunk, self._generate_batch([prompts[i] for i in chunk], sampling, batch_constraints)
+            ):
                 out[i] = completion
         return [c for c in out if c is not None]
 
     @torch.inference_mode()
-    def _generate_batch(self, prompts: list[list[int]], sampling: SamplingParams) -> list[Completion]:
+    def _generate_batch(
+        self, prompts: list[list[int]], sampling: SamplingParams, constraints: list[Constraint | None] | None = None
+    ) -> list[Completion]:
         device = next(self.model.parameters()).device
         width = max(len(p) for p in prompts)
         ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)  # [B, T], left-padded
@@ -82,14 +93,26 @@ class HFPolicy:
         was_training = self.model.training
         self.model.eval()
         autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+        allowed = None
+        if constraints is not None and any(c is not None for c in constraints):
+            every = list(range(self.model.get_output_embeddings().out_features))
+
+            def allowed(row: int, seq: torch.Tensor) -> list[int]:
+                if constraints[row] is None:
+                    return every
+                return allowed_next(constraints[row], seq[width:].tolist()) or [self.eos_id]  # done: pad with EOS
+
         with autocast:
-            result = self._generate(ids.to(device), att.to(device), sampling, greedy)
+            result = self._generate(ids.to(device), att.to(device), sampling, greedy, allowed)
         self.model.train(was_training)
         generated = result.sequences[:, width:].cpu()  # [B, N]
         logprobs = None
         if sampling.logprobs:
             temp = 1.0 if greedy else sampling.temperature
-            steps = torch.stack(result.logits, dim=1).float() / temp  # [B, N, V]
+            if allowed is not None:  # the processed scores: masked to the allowed tokens (and / temperature)
+                steps = torch.stack(result.scores, dim=1).float()
+            else:
+                steps = torch.stack(result.logits, dim=1).float() / temp  # [B, N, V]
             logprobs = torch.log_softmax(steps, -1).gather(-1, generated[:, : steps.shape[1], None].to(steps.device))
             logprobs = logprobs.squeeze(-1).cpu()
         return [
@@ -97,7 +120,7 @@ class HFPolicy:
             for r in range(len(prompts))
         ]
 
-    def _generate(self, ids: torch.Tensor, att: torch.Tensor, sampling: SamplingParams, greedy: bool):
+    def _generate(self, ids: torch.Tensor, att: torch.Tensor, sampling: SamplingParams, greedy: bool, allowed=None):
         return self.model.generate(
             input_ids=ids,
             attention_mask=att,
@@ -113,6 +136,8 @@ class HFPolicy:
             tokenizer=self.tokenizer if sampling.stop else None,
             return_dict_in_generate=True,
             output_logits=sampling.logprobs,
+            output_scores=sampling.logprobs and allowed is not None,
+            prefix_allowed_tokens_fn=allowed,
         )
 
     def _trim(self, ids: list[int], sampling: SamplingParams, logprobs: list[float] | None) -> Completion:

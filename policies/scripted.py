@@ -6,7 +6,7 @@ import random
 import re
 from collections.abc import Callable
 
-from agentrl.policies.base import Completion, SamplingParams
+from agentrl.policies.base import Completion, Constraint, SamplingParams
 
 ADMISSIBLE_RE = re.compile(r"admissible actions of the current situation are: \[(.*?)\]\.\n", re.DOTALL)
 QUOTED_RE = re.compile(r"'([^'\n]*)'")
@@ -32,7 +32,10 @@ class ScriptedPolicy:
     def sync_weights(self) -> None:
         pass
 
-    def generate(self, prompts: list[list[int]], sampling: SamplingParams) -> list[Completion]:
+    def generate(
+        self, prompts: list[list[int]], sampling: SamplingParams, constraints: list[Constraint | None] | None = None
+    ) -> list[Completion]:
+        """`constraints` are not enforced: a scripted reply is what the test wrote."""
         out = []
         for prompt in prompts:
             reply = self.reply_fn(self.tokenizer.decode(prompt))

@@ -1,0 +1,92 @@
+"""Constrained decoding over admissible actions: every reply names one, and the learner scores the very
+distribution the sampler drew from (restricted to the allowed tokens, renormalised)."""
+
+from __future__ import annotations
+
+import torch
+
+from agentrl.algo import AlgoConfig
+from agentrl.learner import Learner, LearnerConfig
+from agentrl.policies.base import SamplingParams, allowed_next, allowed_per_token
+from agentrl.policies.hf import HFPolicy
+from agentrl.types import Sample
+from tests.conftest import make_tiny
+
+
+def _candidates(tok, replies):
+    return [tok(r, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for r in replies]
+
+
+def test_the_trie_lists_exactly_the_continuations():
+    cands = [[1, 2, 9], [1, 3, 9], [4, 9]]
+    assert allowed_next(cands, []) == [1, 4] and allowed_next(cands, [1]) == [2, 3] and allowed_next(cands, [7]) == []
+    assert allowed_per_token(cands, [1, 3, 9]) == [[1, 4], [2, 3], [9]]
+
+
+def test_constrained_samples_are_candidates_and_their_log_probs_are_the_learners():
+    model, tok = make_tiny()
+    replies = ["go to desk 1", "go to bed 2", "take mug 1 from desk 1", "look"]
+    cands = _candidates(tok, replies)
+    policy = HFPolicy(model, tok)
+    prompts = [tok("You are in a room.", add_special_tokens=False)["input_ids"]] * 12
+    sampling = SamplingParams(temperature=0.8, max_new_tokens=32, seed=0, logprobs=True)
+    outs = policy.generate(prompts, sampling, [cands] * 12)
+    assert all(o.token_ids in cands and o.text in replies for o in outs)
+    assert len({o.text for o in outs}) > 1  # it samples, among the candidates
+    learner = Learner(model, LearnerConfig(), AlgoConfig(), temperature=0.8)
+    for prompt, out in zip(prompts, outs):
+        ids = prompt + out.token_ids
+        mask = [0] * len(prompt) + [1] * len(out.token_ids)
+        restricted = Sample(ids, mask, allowed=allowed_per_token(cands, out.token_ids))
+        free = Sample(ids, mask)
+        lp_restricted, lp_free = learner.log_probs(model, [restricted, free])
+        assert torch.allclose(lp_restricted[len(prompt) :], torch.tensor(out.logprobs), atol=1e-5)
+        assert (lp_restricted[len(prompt) :] >= lp_free[len(prompt) :] - 1e-6).all()  # renormalised: never lower
+        forced = [k for k, a in enumerate(allowed_per_token(cands, out.token_ids)) if len(a) == 1]
+        assert all(abs(float(lp_restricted[len(prompt) + k])) < 1e-6 for k in forced)  # one choice: log 1 = 0
+
+
+def test_the_learner_trains_on_the_restricted_distribution():
+    model, tok = make_tiny()
+    cands = _candidates(tok, ["north", "south"])
+    prompt = tok("Which way?", add_special_tokens=False)["input_ids"]
+    learner = Learner(model, LearnerConfig(lr=1e-2, mini_batches=1, entropy_coef=0.01), AlgoConfig(), temperature=1.0)
+    samples = []
+    for k, c in enumerate(cands * 4):
+        allowed = allowed_per_token(cands, c)
+        samples.append(
+            Sample(prompt + c, [0] * len(prompt) + [1] * len(c), advantage=1.0 if k % 2 == 0 else -1.0, allowed=allowed)
+        )
+    before = learner.log_probs(model, samples[:2])
+    metrics = learner.update(samples, p=0.0)
+    after = learner.log_probs(model, samples[:2])
+    assert all(torch.isfinite(torch.tensor(v)) for v in metrics.values()), metrics
+    first = len(prompt)  # the first reply token decides north vs south
+    assert after[0][first] > before[0][first] and after[1][first] < before[1][first]
+
+
+def test_cuebandit_learns_fast_with_constrained_decoding(tmp_path):
+    """Every reply is an admissible word, so exploration goes straight to the cue → word mapping. Measured
+    (seed 0): greedy panel success 25% → 100% by iteration 75 (holderpo) and 50 (grpo) of 100; free decoding needs
+    ~250 iterations (test_trainer). A greedy policy that ignores the cue scores 25%, so ≥ 90% needs the cue."""
+    from agentrl.config import load_config
+    from agentrl.metrics import read_metrics
+    from agentrl.trainer import train
+
+    overrides = ["experiment=cuebandit", "rollout.constrained_actions=true", "trainer.iterations=100"]
+    result = train(load_config([*overrides, "trainer.eval_every=50", f"trainer.run_dir={tmp_path}"]))
+    rows = [r for r in read_metrics(tmp_path) if r["kind"] == "train"]
+    assert all(r["rollout/invalid_rate"] == 0.0 for r in rows)  # valid by construction
+    assert result["after"]["eval/panel/success"] >= 0.9, result["after"]
+
+
+def test_constrained_decoding_needs_a_format_that_can_spell_the_reply():
+    import pytest
+
+    from agentrl.config import load_config, validate_config
+    from agentrl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="needs env.prompt.reasoning=false"):
+        validate_config(load_config(["env=textworld", "rollout.constrained_actions=true"]), resources=False)
+    with pytest.raises(ConfigError, match="AnswerPromptFormat has no constrained_reply"):
+        validate_config(load_config(["env=math", "rollout.constrained_actions=true"]), resources=False)
