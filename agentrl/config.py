@@ -351,16 +351,16 @@ def resume_changes(saved: dict[str, Any], cfg: Config) -> tuple[list[str], list[
     for flat in (old, new):  # compare the schedule's effective length (0 means trainer.iterations)
         if not flat.get("algo.p_schedule_steps"):
             flat["algo.p_schedule_steps"] = flat.get("trainer.iterations")
+    schedule_spans_run = not cfg.algo.p_schedule_steps and cfg.algo.p_start != cfg.algo.p_end
     refused, applied = [], []
     for key in sorted(set(old) | set(new)):
         if old.get(key, "<unset>") == new.get(key, "<unset>"):
             continue
         line = f"{key}: {old.get(key, '<unset>')!r} → {new.get(key, '<unset>')!r}"
-        schedule_spans_run = not cfg.algo.p_schedule_steps and cfg.algo.p_start != cfg.algo.p_end
         if key == "trainer.iterations" and schedule_spans_run:
             hint = f"the p schedule spans trainer.iterations; set algo.p_schedule_steps={old.get(key)} to keep it"
             refused.append(f"{line} ({hint})")
-        elif key.startswith(RESUMABLE_CHANGES) and key not in ("trainer.seed",):
+        elif key.startswith(RESUMABLE_CHANGES) and key != "trainer.seed":
             applied.append(line)
         else:
             refused.append(line)

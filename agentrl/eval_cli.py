@@ -19,13 +19,13 @@ import argparse
 import importlib
 import json
 import math
-import os
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 from agentrl.evaluation import evaluate_rollout, markdown, panel_for, seeds_table
 from agentrl.rollout import RolloutConfig, RolloutManager
+from agentrl.rundir import writable_location
 
 
 def parser() -> argparse.ArgumentParser:
@@ -53,13 +53,6 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--out", default="eval_results", help="folder for eval.json and eval.md (checked first)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
     return ap
-
-
-def _writable(folder: Path) -> bool:
-    probe = folder
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    return probe.is_dir() and os.access(probe, os.W_OK | os.X_OK)
 
 
 def _newest_model(run_dir: Path) -> str | None:
@@ -122,9 +115,11 @@ def resolve(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
     if args.env_kwargs is not None:
         try:
             s["env_kwargs"] = json.loads(args.env_kwargs)
-            assert isinstance(s["env_kwargs"], dict)
-        except (ValueError, AssertionError):
+        except ValueError:
+            s["env_kwargs"] = None
+        if not isinstance(s["env_kwargs"], dict):
             problems.append(f"--env-kwargs must be a JSON object, got {args.env_kwargs!r}")
+            s["env_kwargs"] = {}
     rollout: RolloutConfig = s["rollout"]
     overrides = {
         "eval_temperature": args.temperature,
@@ -154,7 +149,7 @@ def resolve(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
     if not math.isfinite(rollout.eval_temperature) or rollout.eval_temperature < 0:
         problems.append(f"--temperature must be a finite number >= 0, got {rollout.eval_temperature}")
     problems += [p.replace("rollout.", "--") for p in rollout.validate() if "temperature" not in p]
-    if not _writable(Path(args.out)):
+    if not writable_location(Path(args.out)):
         problems.append(f"--out {args.out}: not a writable location; choose another folder")
     return s, problems
 

@@ -60,13 +60,24 @@ def holds_run(run_dir: Path) -> list[str]:
     return found
 
 
+def nearest_existing(path: Path) -> Path:
+    """`path`, or its closest ancestor that exists (where a mkdir -p of `path` would start)."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def writable_location(path: Path) -> bool:
+    """Whether a folder can be created (or written) at `path`."""
+    parent = nearest_existing(path)
+    return parent.is_dir() and os.access(parent, os.W_OK | os.X_OK)
+
+
 def check_run_dir(run_dir: Path, resume: str, overwrite: bool) -> list[str]:
     """Problems found before any weights load: an unwritable location, or a fresh run over an existing one."""
     problems = []
-    parent = run_dir
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+    parent = nearest_existing(run_dir)
+    if not writable_location(run_dir):
         problems.append(f"trainer.run_dir={str(run_dir)!r}: {parent} is not a writable folder; choose another run_dir")
     elif resume == "never" and not overwrite and (found := holds_run(run_dir)):
         problems.append(
