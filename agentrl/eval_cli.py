@@ -43,6 +43,11 @@ def parser() -> argparse.ArgumentParser:
         "the newest checkpoint's model/)",
     )
     ap.add_argument("--agent", help="a scripted agent instead of a model (random, oracle, …)")
+    ap.add_argument(
+        "--backend",
+        choices=["hf", "vllm"],
+        help="generation backend (default with --run: the run's model.backend and model.vllm settings, else hf)",
+    )
     ap.add_argument("--instances", type=int, help="panel size: the first N instances (default: the run's, else 32)")
     ap.add_argument("--panel", help="panel file (fixed list of instances)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -83,6 +88,8 @@ def resolve(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
         "env": args.env,
         "env_kwargs": {},
         "model": args.model,
+        "backend": args.backend or "hf",
+        "vllm": None,
     }
     if args.run is not None:
         from agentrl.config import load_run_config
@@ -108,6 +115,7 @@ def resolve(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
                 s["panel"] = args.panel or chosen.panel
             s.update(rollout=cfg.rollout, prompt_format=cfg.env.prompt_format, prompt=cfg.env.prompt.as_kwargs())
             s["env"], s["instances"] = args.env or cfg.env.id, cfg.env.eval_instances
+            s["backend"], s["vllm"] = args.backend or str(cfg.model.backend), cfg.model.vllm
             if not args.model and not args.agent:
                 s["model"] = _newest_model(args.run)
                 if s["model"] is None:
@@ -142,6 +150,10 @@ def resolve(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
         problems.append(f"--agent {args.agent!r}: choose from {', '.join(sorted(SCRIPTED_AGENTS))}")
     if s["model"] is not None:
         problems += check_model_name(s["model"])
+    if s["backend"] == "vllm" and args.agent is None:
+        from agentrl.policies.vllm import vllm_missing
+
+        problems += [m for m in [vllm_missing("--backend")] if m]
     if s["instances"] < 1:
         problems.append(f"--instances must be >= 1, got {s['instances']}")
     if args.workers < 0:
@@ -152,6 +164,20 @@ def resolve(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
     if not writable_location(Path(args.out)):
         problems.append(f"--out {args.out}: not a writable location; choose another folder")
     return s, problems
+
+
+def eval_policy(s: dict[str, Any], model, tokenizer):
+    """The generation backend for an evaluation: transformers, or a vLLM engine loaded with the model's weights."""
+    if s["backend"] == "vllm":
+        from agentrl.policies.vllm import VLLMPolicy, VllmSpec
+
+        rollout: RolloutConfig = s["rollout"]
+        spec = s["vllm"] or VllmSpec()
+        length = spec.max_model_len or rollout.max_prompt_tokens + rollout.max_new_tokens
+        return VLLMPolicy(model, tokenizer, spec, max_model_len=length)
+    from agentrl.policies.hf import HFPolicy
+
+    return HFPolicy(model, tokenizer)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -181,13 +207,12 @@ def main(argv: list[str] | None = None) -> None:
             agent = SCRIPTED_AGENTS[args.agent](seed=seed) if args.agent == "random" else SCRIPTED_AGENTS[args.agent]()
             results.append(run_panel(probe, agent, indices, max_steps=max_turns))
     else:
-        from agentrl.policies.hf import HFPolicy
         from agentrl.policies.models import ModelSpec, load_model
 
         model, tok = load_model(ModelSpec(name=s["model"], device="auto"))
         factory = env_factory(env_id, max_episode_steps=max_turns, **env_kwargs)
         with EnvPool(factory, num_workers=args.workers, **rollout.pool_options()) as pool:
-            manager = RolloutManager(pool, HFPolicy(model, tok), tok, fmt, rollout, evaluation=True)
+            manager = RolloutManager(pool, eval_policy(s, model, tok), tok, fmt, rollout, evaluation=True)
             for seed in args.seeds:
                 sampling = replace(manager.sampling, seed=seed)
                 results.append(evaluate_rollout(manager, indices, seed, sampling, progress=not args.no_progress))
@@ -202,6 +227,7 @@ def main(argv: list[str] | None = None) -> None:
         "instances": indices,
         "model": s["model"],
         "agent": args.agent,
+        "backend": None if args.agent else s["backend"],
         "seeds": args.seeds,
         "prompt_format": f"{type(fmt).__module__}:{type(fmt).__name__}",
         "prompt_options": s["prompt"],

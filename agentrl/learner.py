@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -19,7 +19,8 @@ from tqdm.auto import tqdm
 
 from agentrl.algo import AlgoConfig
 from agentrl.errors import ConfigError, unknown_name_message
-from agentrl.losses import get_policy_loss, kl_k3, passed_options
+from agentrl.losses import POLICY_LOSSES, get_policy_loss, kl_k3, passed_options
+from agentrl.losses.mismatch import Correction, MismatchConfig, mismatch_weights
 from agentrl.policies.lora import adapter_disabled, has_adapters
 from agentrl.types import Precision, Sample
 
@@ -38,9 +39,10 @@ class LearnerConfig:
     logprob_chunk: int = 1024  # action positions per LM-head chunk
     kl_coef: float = 0.0  # k3 KL to the frozen reference (verl's kl_loss_coef)
     entropy_coef: float = 0.0  # entropy bonus: loss −= coef · token-mean entropy (verl's entropy_coeff)
+    mismatch: MismatchConfig = field(default_factory=MismatchConfig)  # π_old/π_rollout correction (losses/mismatch.py)
 
     def validate(self) -> list[str]:
-        problems = []
+        problems = self.mismatch.validate()
         for name in ("mini_batches", "epochs", "micro_batch_tokens", "logprob_chunk"):
             if getattr(self, name) < 1:
                 problems.append(f"learner.{name} must be >= 1, got {getattr(self, name)}")
@@ -55,6 +57,16 @@ class LearnerConfig:
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
                 problems.append(f"learner.{name} must be a finite number >= 0, got {getattr(self, name)}")
         return problems
+
+
+def check_correction(correction: Correction, loss: str) -> list[str]:
+    """A mismatch correction needs a loss that takes the correction weights (`is_weight`)."""
+    if correction == Correction.off or loss not in POLICY_LOSSES or "is_weight" in passed_options(POLICY_LOSSES[loss]):
+        return []
+    return [
+        f"learner.mismatch.correction={correction}: loss {loss!r} takes no is_weight; set "
+        "learner.mismatch.correction=off or add an is_weight parameter to the loss"
+    ]
 
 
 Entropy = Literal["none", "value", "grad"]  # whether token_log_probs also returns the entropy, and with gradient
@@ -72,6 +84,9 @@ class Batch:
     # constrained decoding, over the N action positions in row-major order: which are restricted [N] bool, and the
     # (position, token) pairs allowed there ([M], [M]); None when no row is constrained
     allowed: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+    # the sampler's log-probs at action positions [B, T] and the mask of positions that have one [B, T]; None when
+    # no row has them
+    rollout: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 def _allowed_pairs(rows: Sequence[Sample]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
@@ -110,7 +125,17 @@ def collate(samples: Sequence[Sample], index: Sequence[int], device: torch.devic
     adv = torch.tensor([s.advantage for s in rows], dtype=torch.float32)
     allowed = _allowed_pairs(rows)
     allowed = None if allowed is None else tuple(t.to(device) for t in allowed)
-    return Batch(ids.to(device), att.to(device), act.to(device), adv.to(device), list(index), allowed)
+    rollout = None
+    if any(s.rollout_logprobs is not None for s in rows):
+        values = torch.zeros((len(rows), width), dtype=torch.float32)
+        has = torch.zeros((len(rows), width), dtype=torch.long)
+        for r, s in enumerate(rows):
+            if s.rollout_logprobs is not None:
+                positions = act[r].nonzero().squeeze(-1)
+                values[r, positions] = torch.tensor(s.rollout_logprobs, dtype=torch.float32)
+                has[r, positions] = 1
+        rollout = (values.to(device), has.to(device))
+    return Batch(ids.to(device), att.to(device), act.to(device), adv.to(device), list(index), allowed, rollout)
 
 
 def length_grouped(
@@ -208,7 +233,7 @@ def token_log_probs(
 
 
 class MetricAccumulator:
-    """Averages metrics over micro-batches (weighted), keeping min of *_min and max of *_max."""
+    """Averages metrics over micro-batches (weighted), keeping min of *_min and max of *_max and */max_abs."""
 
     def __init__(self) -> None:
         self.sums: dict[str, float] = {}
@@ -217,11 +242,11 @@ class MetricAccumulator:
     def add(self, metrics: dict[str, Any], weight: float = 1.0) -> None:
         for k, v in metrics.items():
             v = float(v)
-            if k.endswith("_min"):
-                self.sums[k] = min(self.sums.get(k, math.inf), v)
-                self.weights[k] = 1.0
-            elif k.endswith("_max"):
+            if k.endswith(("_max", "/max_abs")):
                 self.sums[k] = max(self.sums.get(k, -math.inf), v)
+                self.weights[k] = 1.0
+            elif k.endswith("_min"):
+                self.sums[k] = min(self.sums.get(k, math.inf), v)
                 self.weights[k] = 1.0
             else:
                 self.sums[k] = self.sums.get(k, 0.0) + v * weight
@@ -249,12 +274,16 @@ class Learner:
         reply_length: int | None = None,
         seed: int = 0,
         ref_model: torch.nn.Module | Literal["base"] | None = None,
+        backend: str = "hf",
     ):
         """`temperature` is the rollout's sampling temperature (log-probs are those of the sampled distribution);
         `reply_length` the rollout's max_new_tokens (a loss's constant length normaliser defaults to it);
-        `ref_model` the KL reference: a frozen model, or "base" for this model with its LoRA adapters off."""
+        `ref_model` the KL reference: a frozen model, or "base" for this model with its LoRA adapters off;
+        `backend` the generation backend (learner.mismatch.correction=auto corrects for vllm, not for hf)."""
         self.algo = algo or AlgoConfig()
         problems = cfg.validate() + self.algo.validate(1, reply_length or 1)
+        self.correction = cfg.mismatch.resolve(backend)
+        problems += check_correction(self.correction, self.algo.loss)
         if precision not in tuple(Precision):
             problems.append(unknown_name_message("precision", precision, Precision))
         if not temperature > 0:
@@ -364,7 +393,7 @@ class Learner:
             self._bar = None
         total_tokens = sum(len(s.input_ids) for s in samples)
         action_tokens = sum(s.num_action_tokens for s in samples)
-        metrics = {f"train/{k}": v for k, v in acc.result().items()}
+        metrics = {(k if "/" in k else f"train/{k}"): v for k, v in acc.result().items()}  # mismatch/… as is
         metrics.update(
             {
                 "train/p": p,
@@ -411,10 +440,16 @@ class Learner:
                     self.model, batch, chunk=self.cfg.logprob_chunk, temperature=self.temperature, entropy=entropy_mode
                 )
             mask = batch.action_mask
+            old_lp = lp.detach() if old is None else self._padded(old, batch)
+            is_weight, mismatch = None, {}
+            if batch.rollout is not None:
+                values, has = batch.rollout
+                is_weight, mismatch = mismatch_weights(old_lp, values, has, self.correction, self.cfg.mismatch.cap)
             standard = {"p": p, "clip_low": self.algo.clip_low, "clip_high": self.algo.clip_high, **totals}
+            standard["is_weight"] = is_weight
             loss, metrics = self.loss_fn(
                 lp,
-                lp.detach() if old is None else self._padded(old, batch),
+                old_lp,
                 batch.advantages,
                 mask,
                 **{name: standard[name] for name in self.passed},
@@ -429,6 +464,7 @@ class Learner:
                 kl = kl_k3(lp, self._padded(ref, batch), mask, num_tokens=totals["num_tokens"])
                 loss = loss + self.cfg.kl_coef * kl
                 metrics["kl"] = kl.detach() * totals["num_tokens"] / max(int(mask.sum()), 1)
+            metrics.update(mismatch)
             loss.backward()
             total_loss += float(loss.detach())
             acc.add(metrics, weight=len(group))

@@ -55,14 +55,16 @@ class RolloutConfig:
         """EnvPool's guards against misbehaving envs (envs/pool.py)."""
         return {"max_observation_chars": self.max_observation_chars, "memory_mb": self.env_memory_mb}
 
-    def sampling(self, seed: int | None, *, evaluation: bool = False) -> SamplingParams:
-        """The sampling parameters for training or evaluation rollouts (`seed`: the run's base seed)."""
+    def sampling(self, seed: int | None, *, evaluation: bool = False, logprobs: bool = False) -> SamplingParams:
+        """The sampling parameters for training or evaluation rollouts (`seed`: the run's base seed; `logprobs`:
+        keep the sampler's log-prob of every generated token)."""
         return SamplingParams(
             temperature=self.eval_temperature if evaluation else self.temperature,
             top_p=1.0 if evaluation else self.top_p,
             max_new_tokens=self.max_new_tokens,
             stop=list(self.stop),
             seed=seed,
+            logprobs=logprobs,
         )
 
     def validate(self) -> list[str]:
@@ -152,14 +154,16 @@ class RolloutManager:
         *,
         evaluation: bool = False,
         seed: int | None = 0,
+        logprobs: bool = False,
     ):
-        """`evaluation`: play with the eval sampling and turn limit; `seed`: the run's base sampling seed."""
+        """`evaluation`: play with the eval sampling and turn limit; `seed`: the run's base sampling seed;
+        `logprobs`: keep the sampler's log-probs on every Turn (π_rollout, for the learner's mismatch correction)."""
         problems = cfg.validate()
         if problems:
             raise ValueError("invalid rollout config: " + "; ".join(problems))
         self.pool, self.policy, self.format, self.cfg = pool, policy, prompt_format, cfg
         self.max_turns = cfg.eval_max_turns if evaluation else cfg.max_turns
-        self.sampling = cfg.sampling(seed, evaluation=evaluation)
+        self.sampling = cfg.sampling(seed, evaluation=evaluation, logprobs=logprobs)
         self.chat = ChatTokens(tokenizer)
         self.timings = RolloutTimings()
 

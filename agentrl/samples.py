@@ -17,6 +17,11 @@ from agentrl.algo import AdvantageConfig
 from agentrl.types import Episode, Sample, SampleMode
 
 
+def _checked_logprobs(logprobs: list[float] | None, count: int) -> list[float] | None:
+    """A turn's sampler log-probs when there is one per generated id (a backend that reports fewer gives none)."""
+    return list(logprobs) if logprobs is not None and len(logprobs) == count else None
+
+
 def _window_samples(episode: Episode) -> list[Sample]:
     return [
         Sample(
@@ -27,6 +32,7 @@ def _window_samples(episode: Episode) -> list[Sample]:
             episode_id=episode.episode_id,
             turn_index=k,
             allowed=turn.allowed_ids,
+            rollout_logprobs=_checked_logprobs(turn.completion_logprobs, len(turn.completion_ids)),
         )
         for k, turn in enumerate(episode.turns)
     ]
@@ -44,6 +50,7 @@ def _full_sample(episode: Episode) -> Sample:
     allowed = None
     if any(t.allowed_ids is not None for t in episode.turns):
         allowed = [a for t in episode.turns for a in (t.allowed_ids or [None] * len(t.completion_ids))]
+    per_turn = [_checked_logprobs(t.completion_logprobs, len(t.completion_ids)) for t in episode.turns]
     return Sample(
         ids,
         mask,
@@ -51,6 +58,7 @@ def _full_sample(episode: Episode) -> Sample:
         group_id=episode.group_id,
         episode_id=episode.episode_id,
         allowed=allowed,
+        rollout_logprobs=None if any(lp is None for lp in per_turn) else [x for lp in per_turn for x in lp or []],
     )
 
 

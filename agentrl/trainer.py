@@ -64,7 +64,6 @@ class Components:
     def __init__(self, cfg: Config):
         from agentrl import envs
         from agentrl.envs.pool import EnvPool, env_factory
-        from agentrl.policies.hf import HFPolicy
         from agentrl.policies.models import load_model
 
         fmt = envs.make_prompt_format(cfg.env.id, cfg.env.prompt_format, **cfg.env.prompt.as_kwargs())
@@ -102,12 +101,15 @@ class Components:
             reply_length=cfg.rollout.max_new_tokens,
             seed=cfg.trainer.seed,
             ref_model=ref,
+            backend=cfg.model.backend,
         )
-        self.policy = HFPolicy(
-            self.model, self.tokenizer, batch_size=cfg.rollout.generation_batch_size, precision=cfg.model.dtype
-        )
+        self.policy = make_policy(cfg, self.model, self.tokenizer)
         seed = cfg.trainer.seed
-        self.rollout = RolloutManager(self.pools[0], self.policy, self.tokenizer, fmt, cfg.rollout, seed=seed)
+        # the sampler's log-probs are kept when the learner corrects for them, or when they cost nothing (vLLM)
+        logprobs = cfg.model.backend == "vllm" or self.learner.correction != "off"
+        self.rollout = RolloutManager(
+            self.pools[0], self.policy, self.tokenizer, fmt, cfg.rollout, seed=seed, logprobs=logprobs
+        )
         self.evaluators = [
             RolloutManager(pool, self.policy, self.tokenizer, fmt, cfg.rollout, evaluation=True, seed=seed)
             for pool in eval_pools
@@ -116,6 +118,37 @@ class Components:
     def close(self) -> None:
         for pool in self.pools:
             pool.close()
+        if hasattr(getattr(self, "policy", None), "close"):
+            self.policy.close()
+
+
+def make_policy(cfg: Config, model: torch.nn.Module, tokenizer):
+    """The generation backend named by model.backend, over the learner's model."""
+    if cfg.model.backend == "vllm":
+        from agentrl.policies.vllm import VLLMPolicy
+
+        spec = cfg.model.vllm
+        return VLLMPolicy(
+            model,
+            tokenizer,
+            spec,
+            max_model_len=spec.max_model_len or cfg.rollout.max_prompt_tokens + cfg.rollout.max_new_tokens,
+            seed=cfg.trainer.seed,
+            precision=cfg.model.dtype,
+        )
+    from agentrl.policies.hf import HFPolicy
+
+    return HFPolicy(model, tokenizer, batch_size=cfg.rollout.generation_batch_size, precision=cfg.model.dtype)
+
+
+def sync_stats(policy) -> dict[str, float]:
+    """The generation engine's weight version, sync and canary times and canary gap (vLLM), for the metrics."""
+    if not hasattr(policy, "version"):
+        return {}
+    row = {"sync/version": float(policy.version), "time/sync_s": policy.timings["sync_s"]}
+    if policy.last_canary is not None:
+        row.update({"sync/canary_gap": policy.last_canary, "time/canary_s": policy.timings["canary_s"]})
+    return row
 
 
 def make_probe(env_id: str, kwargs: dict[str, Any]):
@@ -276,6 +309,8 @@ def _train(cfg: Config, run_dir: Path, candidates: list[tuple[Path, dict[str, An
             samples = build_samples(episodes, cfg.rollout.sample_mode, cfg.algo.advantage)
             t1 = time.perf_counter()
             p = cfg.algo.p_at(it, cfg.trainer.iterations)
+            if hasattr(c.policy, "sleep"):  # a GPU engine frees its KV cache while the learner runs
+                c.policy.sleep()
             if samples:
                 update = c.learner.update(samples, p, progress=cfg.trainer.progress)
             else:
@@ -289,6 +324,7 @@ def _train(cfg: Config, run_dir: Path, candidates: list[tuple[Path, dict[str, An
                 **episode_stats(episodes),
                 **c.rollout.timings.as_dict(),
                 **update,
+                **sync_stats(c.policy),
                 "rollout/samples": len(samples),
                 "time/rollout_s": t1 - t0,
                 "time/update_s": t2 - t1,

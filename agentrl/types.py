@@ -101,12 +101,19 @@ class Sample:
     # constrained decoding: per action token (in order), the token ids the sampler allowed there (None: the whole
     # vocabulary); the learner's log-probs are then those of the same restricted distribution
     allowed: list[list[int] | None] | None = None
+    # the sampler's log-prob of each action token (in order) when the generation backend reported them (π_rollout):
+    # the learner's mismatch correction and metrics compare them with its own π_old
+    rollout_logprobs: list[float] | None = None
 
     def __post_init__(self) -> None:
         if len(self.input_ids) != len(self.action_mask):
             raise ValueError(f"input_ids ({len(self.input_ids)}) and action_mask ({len(self.action_mask)}) differ")
         if self.allowed is not None and len(self.allowed) != sum(self.action_mask):
             raise ValueError(f"allowed has {len(self.allowed)} entries for {sum(self.action_mask)} action tokens")
+        if self.rollout_logprobs is not None and len(self.rollout_logprobs) != sum(self.action_mask):
+            raise ValueError(
+                f"rollout_logprobs has {len(self.rollout_logprobs)} entries for {sum(self.action_mask)} action tokens"
+            )
 
     @property
     def num_action_tokens(self) -> int:

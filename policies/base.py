@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -40,6 +43,31 @@ def allowed_next(candidates: Constraint, prefix: list[int]) -> list[int]:
 def allowed_per_token(candidates: Constraint, ids: list[int]) -> list[list[int]]:
     """For each generated token, the tokens that were allowed at its position."""
     return [allowed_next(candidates, ids[:k]) for k in range(len(ids))]
+
+
+def request_seeds(seed: int | None, count: int) -> list[int | None]:
+    """One sampling seed per request of a call seeded `seed` (None: unseeded): distinct within the call, so the
+    members of a group differ, and a pure function of (seed, position), so a run is reproducible."""
+    if seed is None:
+        return [None] * count
+    return [(seed * 1_000_003 + k) % 2**31 for k in range(count)]
+
+
+def probe_log_probs(model: torch.nn.Module, probe: list[int], precision: str = "fp32") -> torch.Tensor:
+    """log π(probe_t | probe_<t) for t = 1 … len − 1 under `model` in eval mode at temperature 1, in the learner's
+    compute precision: the learner's side of a sync canary."""
+    import torch
+
+    device = next(model.parameters()).device
+    ids = torch.tensor([probe], device=device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            logits = model(input_ids=ids).logits.float()[0, :-1]
+    finally:
+        model.train(was_training)
+    return torch.log_softmax(logits, -1).gather(-1, ids[0, 1:, None]).squeeze(-1).cpu()
 
 
 @runtime_checkable

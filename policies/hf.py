@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from agentrl.policies.base import Completion, Constraint, SamplingParams, allowed_next
+from agentrl.policies.base import Completion, Constraint, SamplingParams, allowed_next, probe_log_probs
 
 
 class HFPolicy:
@@ -39,14 +39,7 @@ class HFPolicy:
         (0.0 when the two are one object: then they cannot disagree)."""
         if self.source is None or self.source is self.model:
             return 0.0
-        ids = torch.tensor([probe], device=next(self.model.parameters()).device)
-        scores = []
-        for model in (self.model, self.source):
-            was_training = model.training
-            model.eval()
-            logits = model(input_ids=ids).logits.float()[0, :-1]
-            model.train(was_training)
-            scores.append(torch.log_softmax(logits, -1).gather(-1, ids[0, 1:, None]).squeeze(-1))
+        scores = [probe_log_probs(model, probe) for model in (self.model, self.source)]
         gap = float((scores[0] - scores[1]).abs().max())
         if gap > atol:
             raise RuntimeError(

@@ -158,6 +158,26 @@ def load_adapter(model: torch.nn.Module, folder: Path) -> None:
             params[name].copy_(tensor)
 
 
+@torch.no_grad()
+def merged_state(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) of the model as plain Hugging Face weights, one tensor at a time: a LoRA model's adapters are
+    folded into their base weights out of place (base + scale·B·A per active adapter), so its own tensors are left
+    bit-identical; a model without adapters yields its state dict as it is."""
+    tuner_ids = {id(m) for m in _tuner_layers(model)}
+    tuners = {name: m for name, m in model.named_modules() if id(m) in tuner_ids}
+    for name, tensor in model.state_dict().items():
+        if ".lora_" in name:
+            continue
+        owner, found, leaf = name.partition(".base_layer.")
+        if not found:
+            yield name, tensor.detach()
+            continue
+        layer = tuners.get(owner)
+        if layer is not None and leaf == "weight":
+            tensor = tensor + sum(layer.get_delta_weight(a) for a in layer.active_adapters)
+        yield f"{owner}.{leaf}", tensor.detach()
+
+
 def merge_adapters(model: torch.nn.Module) -> torch.nn.Module:
     """Fold every adapter into its base layer and remove the LoRA layers (in place): plain HF weights."""
     tuners = {id(m) for m in _tuner_layers(model)}

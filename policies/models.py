@@ -21,15 +21,25 @@ import torch
 
 from agentrl.errors import ConfigError
 from agentrl.policies.lora import LoraSpec, apply_lora, check_lora_spec, load_adapter, read_adapter_folder
-from agentrl.types import Precision
+from agentrl.policies.vllm import VllmSpec, vllm_missing
+from agentrl.types import Choice, Precision
 
 SMOLLM2_NAME = "smollm2-135m-instruct"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 TINY_NAMES = ("tiny-qwen2", "tiny-llama")
+TINY_HEADS = 4  # attention heads of the tiny models (head size = hidden_size / 4)
 CHATML_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+
+
+class Backend(Choice):
+    """The generation backend: transformers `generate` on the learner's own model object, or an in-process vLLM
+    engine that the learner's weights are streamed into after every update (policies/vllm.py)."""
+
+    hf = "hf"
+    vllm = "vllm"
 
 
 @dataclass
@@ -43,14 +53,18 @@ class ModelSpec:
     num_layers: int = 2  # tiny models only
     seed: int = 0  # tiny models only: init seed
     lora: LoraSpec = field(default_factory=LoraSpec)  # rank > 0: train LoRA adapters only (policies/lora.py)
+    backend: Backend = Backend.hf  # generation: hf (transformers) | vllm (policies/vllm.py)
+    vllm: VllmSpec = field(default_factory=VllmSpec)  # engine settings for backend=vllm
 
 
 def model_spec_from_dict(data: dict[str, Any]) -> ModelSpec:
     """A ModelSpec from its saved form (lora.json, a checkpoint's config)."""
     known = {f.name for f in fields(ModelSpec)}
-    spec = ModelSpec(**{k: v for k, v in data.items() if k in known and k != "lora"})
+    spec = ModelSpec(**{k: v for k, v in data.items() if k in known and k not in ("lora", "vllm")})
     if isinstance(data.get("lora"), dict):
         spec.lora = LoraSpec(**data["lora"])
+    if isinstance(data.get("vllm"), dict):
+        spec.vllm = VllmSpec(**data["vllm"])
     return spec
 
 
@@ -140,7 +154,7 @@ def build_tiny_model(spec: ModelSpec, vocab_size: int):
         hidden_size=spec.hidden_size,
         intermediate_size=spec.hidden_size * 2,
         num_hidden_layers=spec.num_layers,
-        num_attention_heads=4,
+        num_attention_heads=TINY_HEADS,
         num_key_value_heads=2,
         max_position_embeddings=4096,
         tie_word_embeddings=False,
@@ -206,6 +220,8 @@ def load_model(spec: ModelSpec):
 def check_model_spec(spec: ModelSpec) -> list[str]:
     """Problems with a model spec that can be found without loading weights."""
     problems = check_model_name(spec.name)
+    missing = vllm_missing() if spec.backend == Backend.vllm else None
+    problems += [missing] if missing else []
     if spec.lora.rank != 0:
         problems += check_lora_spec(spec.lora, None if problems else linear_module_names(spec))
     try:

@@ -15,6 +15,8 @@ Sections:
   rollout  ALFWorld episodes: generation / env / prompt time; env steps/s with 1 and 2 workers
   lora     full fine-tuning vs LoRA (rank 16, every projection): trainable parameters, peak memory (RSS, each in a
            fresh subprocess) and update time of the same learner update on the same batch
+  vllm     the quickstart rollout with the transformers vs the vLLM backend (same process, same model), vLLM weight
+           sync and canary times; run in .venv-vllm (make setup-vllm, plus pip install -e '.[alfworld]')
   peer     TRL's GRPOTrainer vs our trainer on the identical single-turn GSM8K workload (same model, prompts,
            group size, forced completion length, fp32, CPU, transformers generation); needs `pip install trl`
            in the benchmark environment (not a project dependency)
@@ -24,6 +26,7 @@ Results print as a table and go to --out (JSON). Timed numbers never gate CI.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import inspect
 import json
 import platform
@@ -256,18 +259,25 @@ def logprob_memory(quick: bool) -> dict[str, float]:
     return out
 
 
-def bench_rollout(model, tok, quick: bool) -> dict[str, Any]:
+def alfworld_factory(**limits: Any):
+    """Twelve generated ALFWorld training games (a fresh temporary folder) as an EnvPool factory."""
     import tempfile
 
-    from agentrl import envs
-    from agentrl.envs.pool import EnvPool, env_factory
-    from agentrl.policies.hf import HFPolicy
-    from agentrl.rollout import RolloutConfig, RolloutManager, Task
+    from agentrl.envs.pool import env_factory
     from scripts.generate_alfworld import main as generate
 
     data = Path(tempfile.mkdtemp()) / "alfworld"
     generate(["--out", str(data), "--split", "train", "--num", "12", "--seed", "5"])
-    factory = env_factory("agentrl/ALFWorld-v0", data_path=str(data), split="train")
+    return env_factory("agentrl/ALFWorld-v0", data_path=str(data), split="train", **limits)
+
+
+def bench_rollout(model, tok, quick: bool) -> dict[str, Any]:
+    from agentrl import envs
+    from agentrl.envs.pool import EnvPool
+    from agentrl.policies.hf import HFPolicy
+    from agentrl.rollout import RolloutConfig, RolloutManager, Task
+
+    factory = alfworld_factory()
     out: dict[str, Any] = {}
     for workers in (1, 2):  # env throughput alone: random admissible actions
         with EnvPool(factory, num_workers=workers) as pool:
@@ -307,6 +317,59 @@ def bench_rollout(model, tok, quick: bool) -> dict[str, Any]:
         other_s=wall - t.generation_s - t.env_s - t.env_wait_s - t.prompt_s,
         env_hidden_frac=t.as_dict()["rollout/env_hidden_frac"],
     )
+    return out
+
+
+def bench_vllm(model, tok, quick: bool) -> dict[str, Any]:
+    """The quickstart's rollout (its rollout settings and prompt options, ALFWorld games, one iteration's tasks)
+    with the transformers backend and with the vLLM backend, alternately in this process on the same model; then
+    the vLLM weight sync (stream + prefix-cache reset) and the canary. Needs .venv-vllm (make setup-vllm) with the
+    alfworld extra."""
+    from agentrl import envs
+    from agentrl.config import load_config
+    from agentrl.envs.pool import EnvPool
+    from agentrl.policies.hf import HFPolicy
+    from agentrl.policies.vllm import VLLMPolicy, VllmSpec
+    from agentrl.rollout import RolloutManager, Task
+
+    cfg = load_config(["experiment=quickstart"])
+    rollout = cfg.rollout
+    fmt = envs.make_prompt_format(cfg.env.id, None, **cfg.env.prompt.as_kwargs())
+    factory = alfworld_factory(max_episode_steps=rollout.max_turns)
+    started = time.perf_counter()
+    engine = VLLMPolicy(
+        model, tok, VllmSpec(kv_cache_gb=2), max_model_len=rollout.max_prompt_tokens + rollout.max_new_tokens
+    )
+    out: dict[str, Any] = {"engine_start_s": time.perf_counter() - started, "engine_dtype": engine.dtype}
+    policies = {"hf": HFPolicy(model, tok, batch_size=rollout.generation_batch_size), "vllm": engine}
+    tasks = [Task(i, i, f"g{i}") for i in range(rollout.tasks_per_iteration)]
+    with EnvPool(factory, num_workers=rollout.num_workers) as pool:
+        for _ in range(1 if quick else 2):
+            for name, policy in policies.items():
+                manager = RolloutManager(pool, policy, tok, fmt, rollout, seed=0, logprobs=name == "vllm")
+                started = time.perf_counter()
+                episodes = manager.run(tasks)
+                wall = time.perf_counter() - started
+                if wall < out.get(f"{name}_rollout_s", float("inf")):
+                    out[f"{name}_rollout_s"] = wall
+                    out[f"{name}_generation_s"] = manager.timings.generation_s
+                    out[f"{name}_generated_tokens"] = manager.timings.generated_tokens
+                    out[f"{name}_turns"] = sum(len(e.turns) for e in episodes)
+    out["rollout_speedup_vllm_vs_hf"] = out["hf_rollout_s"] / out["vllm_rollout_s"]
+    out["generation_tok_per_s_hf"] = out["hf_generated_tokens"] / out["hf_generation_s"]
+    out["generation_tok_per_s_vllm"] = out["vllm_generated_tokens"] / out["vllm_generation_s"]
+    syncs = []
+    for _ in range(3):
+        engine.sync_weights()
+        syncs.append((engine.timings["sync_s"], engine.timings["canary_s"], engine.last_canary))
+    out["sync_s"] = min(s for s, _, _ in syncs)  # stream the weights + reset the prefix cache
+    out["canary_s"] = min(c for _, c, _ in syncs)  # engine prompt log-probs + learner forward on the probe
+    out["canary_gap"] = max(g for _, _, g in syncs)
+    out["workload"] = (
+        f"{rollout.tasks_per_iteration} tasks x {rollout.group_size}, up to {rollout.max_turns} turns, "
+        f"{rollout.max_new_tokens}-token replies, temperature {rollout.temperature}"
+    )
+    engine.close()
     return out
 
 
@@ -485,9 +548,39 @@ def gpu_bench() -> dict[str, Any]:
             "generation_tokens_per_s": 64 * 128 / gen_s,
             "note": "update = old-logprob forward (2·P·T) + forward/backward (6·P·T) = 8·P·T FLOPs",
         }
+        if importlib.util.find_spec("vllm") is not None:  # the vLLM row, where this machine has vLLM
+            try:
+                out[name].update(vllm_generation(model, prompts))
+            except Exception as err:  # a measured outcome too: recorded in the report, not hidden
+                out[name]["vllm_error"] = f"{type(err).__name__}: {err}"
         del model, learner
         torch.cuda.empty_cache()
     return out
+
+
+def vllm_generation(model, prompts: list[list[int]]) -> dict[str, float]:
+    """vLLM (bf16 engine, colocated) on the same prompts: generation tokens/s, weight sync and canary seconds."""
+    from transformers import PreTrainedTokenizerFast
+
+    from agentrl.policies.base import SamplingParams
+    from agentrl.policies.models import build_tiny_tokenizer
+    from agentrl.policies.vllm import VLLMPolicy, VllmSpec
+
+    tokenizer: PreTrainedTokenizerFast = build_tiny_tokenizer()  # ids only: the engine needs a tokenizer folder
+    engine = VLLMPolicy(model, tokenizer, VllmSpec(canary_tolerance=1.0), max_model_len=1024, precision="bf16")
+    sampling = SamplingParams(temperature=1.0, max_new_tokens=128, min_new_tokens=128, seed=0, logprobs=True)
+    engine.generate(prompts[:4], sampling)
+    started = time.perf_counter()
+    engine.generate(prompts, sampling)
+    gen_s = time.perf_counter() - started
+    engine.sync_weights()
+    result = {
+        "vllm_generation_tokens_per_s": len(prompts) * 128 / gen_s,
+        "vllm_sync_s": engine.timings["sync_s"],
+        "vllm_canary_s": engine.timings["canary_s"],
+    }
+    engine.close()
+    return result
 
 
 def matmul_peak_cuda(n: int = 8192) -> dict[str, float]:
@@ -550,6 +643,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         save()
     if "lora" in args.sections:
         report["lora"] = bench_lora(args.quick)
+        save()
+    if "vllm" in args.sections:
+        report["vllm"] = bench_vllm(model, tok, args.quick)
         save()
     save()
     for section, values in report.items():

@@ -137,8 +137,17 @@ GROUPS = [
 ]
 
 
-# what needs data or weights this machine lacks (generated games, the paper's models) is checked structurally only
-NEEDS_RESOURCES = {"alfworld_paper", "math_paper", "quickstart", "alfworld", "textworld", "qwen2.5-1.5b-instruct"}
+# what needs data, weights or packages the main venv lacks (generated games, the paper's models, vLLM: it lives in
+# .venv-vllm, where tests/test_vllm.py runs cuebandit_vllm) is checked structurally only
+NEEDS_RESOURCES = {
+    "alfworld_paper",
+    "math_paper",
+    "quickstart",
+    "alfworld",
+    "textworld",
+    "qwen2.5-1.5b-instruct",
+    "cuebandit_vllm",
+}
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)

@@ -1,12 +1,15 @@
 """Policy losses. Each is a pure function
 
-    fn(log_prob[B,T], old_log_prob[B,T], advantages[B], mask[B,T], *, p=1.0, clip_low=0.2, clip_high=0.2, ...)
+    fn(log_prob[B,T], old_log_prob[B,T], advantages[B], mask[B,T], *, p=1.0, clip_low=0.2, clip_high=0.2,
+       is_weight=None, ...)
         -> (loss: scalar Tensor, metrics: dict[str, Tensor])
 
 looked up by name in POLICY_LOSSES. Adding a loss = one function + one entry below. Every option is an explicit
 keyword-only parameter (no **kwargs): the learner passes the LEARNER_PASSED_OPTIONS that a loss declares (a loss
 that takes no p simply does not declare it), the user's `algo.loss_kwargs` fill the rest, and an option the loss
-does not declare is rejected before any weights load (agentrl.algo.check_loss_options).
+does not declare is rejected before any weights load (agentrl.algo.check_loss_options). `is_weight` [B, T] is the
+detached rollout-mismatch factor (losses/mismatch.py); a loss that does not declare it cannot run with
+learner.mismatch.correction on.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from agentrl.losses.kl import kl_k3
 from agentrl.losses.ppo import GRPO_AGGREGATIONS, grpo
 
 # Options the learner fills in itself, for every loss whose signature declares them.
-LEARNER_PASSED_OPTIONS = ("p", "clip_low", "clip_high", "num_seqs", "num_tokens")
+LEARNER_PASSED_OPTIONS = ("p", "clip_low", "clip_high", "num_seqs", "num_tokens", "is_weight")
 
 
 def passed_options(loss: Callable) -> list[str]:

@@ -15,6 +15,7 @@ from agentrl.losses.common import (
     sequence_mean,
     signed_clip_log,
 )
+from agentrl.losses.mismatch import sequence_weights
 
 GEOMETRIC_EPS = 1e-6
 
@@ -77,11 +78,16 @@ def _sequence_objective(
     mask: torch.Tensor,
     clip: ClipRange,
     num_seqs: int | None,
+    is_weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """−Â·clip(ρ) with the advantage-signed pessimistic rule; returns (loss, clipped log ρ, clipped flags)."""
+    """−Â·clip(ρ) with the advantage-signed pessimistic rule (times the mismatch factor of each sequence, when
+    given); returns (loss, clipped log ρ, clipped flags)."""
     adv = advantages.float()
     clipped = signed_clip_log(log_rho, adv, clip)  # [B]
     per_seq = -adv * safe_exp(clipped)  # [B]
+    weights = sequence_weights(is_weight, mask)
+    if weights is not None:
+        per_seq = per_seq * weights
     return sequence_mean(per_seq, mask, num_seqs), clipped, clipped != log_rho
 
 
@@ -95,18 +101,20 @@ def holder_seq(
     clip_low: float = 0.2,
     clip_high: float = 0.2,
     num_seqs: int | None = None,
+    is_weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """HölderPO with a sequence-level clip (the paper's main variant).
 
         L_i = max(−Â_i ρ_{i,p}, −Â_i clip(ρ_{i,p}, 1−ε_low, 1+ε_high)),   loss = mean_i L_i
 
     `num_seqs` is the number of sequences the mean divides by (the whole mini-batch, so that gradient accumulation
-    over micro-batches equals one big batch); default: this call's batch size.
+    over micro-batches equals one big batch); default: this call's batch size. `is_weight` [B, T]: the detached
+    rollout-mismatch correction (losses/mismatch.py); each sequence's term is scaled by its tokens' mean weight.
     """
     delta = log_prob.float() - old_log_prob.float()  # [B, T]
     log_rho = holder_log_mean(delta, mask, p)  # [B]
     loss, clipped, was_clipped = _sequence_objective(
-        log_rho, advantages, mask, ClipRange(clip_low, clip_high), num_seqs
+        log_rho, advantages, mask, ClipRange(clip_low, clip_high), num_seqs, is_weight
     )
     metrics = ratio_metrics(log_rho.detach(), delta.detach(), mask, was_clipped.float(), per="seq")
     metrics.update(weight_metrics(delta.detach(), mask, p))
@@ -123,6 +131,7 @@ def holder_token(
     clip_low: float = 0.2,
     clip_high: float = 0.2,
     num_seqs: int | None = None,
+    is_weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """HölderPO with a token-level clip: clip each Δ_t (advantage-signed), then ρ = Hölder mean, L_i = −Â_i ρ.
 
@@ -133,6 +142,9 @@ def holder_token(
     clipped_delta = signed_clip_log(delta, adv[:, None], ClipRange(clip_low, clip_high))  # [B, T]
     log_rho = holder_log_mean(clipped_delta, mask, p)  # [B]
     per_seq = -adv * safe_exp(log_rho)
+    weights = sequence_weights(is_weight, mask)
+    if weights is not None:
+        per_seq = per_seq * weights
     loss = sequence_mean(per_seq, mask, num_seqs)
     valid = mask.bool()
     token_clipped = ((clipped_delta != delta) & valid).float()
@@ -150,11 +162,11 @@ def gspo(
     clip_low: float = 0.2,
     clip_high: float = 0.2,
     num_seqs: int | None = None,
+    is_weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """GSPO: sequence ratio exp(mean Δ) with a sequence-level clip (= holder_seq at p = 0). Takes no p."""
-    return holder_seq(
-        log_prob, old_log_prob, advantages, mask, p=0.0, clip_low=clip_low, clip_high=clip_high, num_seqs=num_seqs
-    )
+    options = {"clip_low": clip_low, "clip_high": clip_high, "num_seqs": num_seqs, "is_weight": is_weight}
+    return holder_seq(log_prob, old_log_prob, advantages, mask, p=0.0, **options)
 
 
 def gmpo(
@@ -166,8 +178,8 @@ def gmpo(
     clip_low: float = 0.2,
     clip_high: float = 0.2,
     num_seqs: int | None = None,
+    is_weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """GMPO: geometric mean of token-clipped ratios (= holder_token at p = 0). Takes no p."""
-    return holder_token(
-        log_prob, old_log_prob, advantages, mask, p=0.0, clip_low=clip_low, clip_high=clip_high, num_seqs=num_seqs
-    )
+    options = {"clip_low": clip_low, "clip_high": clip_high, "num_seqs": num_seqs, "is_weight": is_weight}
+    return holder_token(log_prob, old_log_prob, advantages, mask, p=0.0, **options)

@@ -22,6 +22,7 @@ def grpo(
     norm_length: int | None = None,
     num_seqs: int | None = None,
     num_tokens: int | None = None,
+    is_weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Token-level clipped surrogate: ℓ_t = max(−Â r_t, −Â clip(r_t, 1−ε_low, 1+ε_high)). Takes no p.
 
@@ -30,6 +31,7 @@ def grpo(
       token-mean               sum over all valid tokens / number of valid tokens in the mini-batch (DAPO)
       seq-mean-token-sum-norm  mean over sequences of (sum over tokens) / norm_length, a constant (Dr.GRPO)
     `num_seqs` / `num_tokens` are the mini-batch totals the means divide by (default: this call's counts).
+    `is_weight` [B, T]: the detached rollout-mismatch correction (losses/mismatch.py), multiplying each token's term.
     """
     delta = log_prob.float() - old_log_prob.float()  # [B, T]
     adv = advantages.float()[:, None]  # [B, 1]
@@ -38,6 +40,8 @@ def grpo(
     # The pessimistic max(−Âr, −Â clip(r)) equals −Â·exp(signed clip of Δ) (see common.signed_clip_log).
     clipped_delta = signed_clip_log(delta, adv, ClipRange(clip_low, clip_high))  # [B, T]
     per_token = -adv * safe_exp(clipped_delta) * m  # [B, T]
+    if is_weight is not None:
+        per_token = per_token * is_weight
     batch = log_prob.shape[0]
     if agg == "seq-mean-token-mean":
         per_seq = per_token.sum(-1) / m.sum(-1).clamp(min=1.0)

