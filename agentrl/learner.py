@@ -17,6 +17,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
 
+from agentrl import distributed
 from agentrl.algo import AlgoConfig
 from agentrl.errors import ConfigError, unknown_name_message
 from agentrl.losses import POLICY_LOSSES, get_policy_loss, kl_k3, passed_options
@@ -198,6 +199,17 @@ def _keep_mask(
 def token_log_probs(
     model: torch.nn.Module, batch: Batch, *, chunk: int, temperature: float = 1.0, entropy: Entropy = "none"
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """See _token_log_probs. A model sharded with FSDP2 runs it as its registered forward method, so the root
+    unit's parameters (embeddings, final norm, LM head) are gathered around it and its gradients reduced."""
+    sharded = getattr(model, distributed.FORWARD_METHOD, None)
+    if sharded is not None:
+        return sharded(batch, chunk=chunk, temperature=temperature, entropy=entropy)
+    return _token_log_probs(model, batch, chunk=chunk, temperature=temperature, entropy=entropy)
+
+
+def _token_log_probs(
+    model: torch.nn.Module, batch: Batch, *, chunk: int, temperature: float = 1.0, entropy: Entropy = "none"
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log π(token_t | tokens_<t) at positions where action_mask is 1, as a [B, T] fp32 tensor (0 elsewhere), and
     the policy entropy at the same positions when `entropy` is "value" (detached) or "grad" (else None).
 
@@ -311,8 +323,24 @@ class Learner:
         self.shuffle = torch.Generator().manual_seed(seed)
         self.skipped_steps = 0
         self.optimizer_steps = 0
+        self.place = distributed.current()  # torchrun + FSDP2: every rank runs the same collectives (distributed.py)
         self._bar: Any = None  # the update's progress bar (micro-batches of every pass), when shown
         self._step_desc = "update"
+
+    def _micro_batches(self, samples: Sequence[Sample], rows: Sequence[int]) -> list[list[int] | None]:
+        """Length-grouped micro-batches of `rows`; with several ranks, padded with None (a zero-weight micro-batch)
+        to the largest count of any rank, so every rank runs the same forwards and backwards."""
+        groups: list[list[int] | None] = list(length_grouped(samples, rows, self.cfg.micro_batch_tokens))
+        if self.place.enabled:
+            groups += [None] * (int(distributed.all_max(len(groups))) - len(groups))
+        return groups
+
+    def _batch(self, samples: Sequence[Sample], group: list[int] | None) -> Batch:
+        """The collated micro-batch, or for padding (None) a two-token row with one action token and advantage 0,
+        which touches every parameter (the collectives match) and contributes nothing."""
+        if group is None:
+            return collate([Sample([0, 0], [0, 1])], [0], self.device)
+        return collate(samples, group, self.device)
 
     def _tick(self, desc: str) -> None:
         if self._bar is not None:
@@ -330,11 +358,11 @@ class Learner:
         """Per-sample [T_i] log-probs under `model` (0 off the action mask), without gradients."""
         model.eval()
         out: list[torch.Tensor] = [torch.empty(0)] * len(samples)
-        for group in length_grouped(samples, range(len(samples)), self.cfg.micro_batch_tokens):
-            batch = collate(samples, group, self.device)
+        for group in self._micro_batches(samples, range(len(samples))):
+            batch = self._batch(samples, group)
             with self._autocast():
                 lp, _ = token_log_probs(model, batch, chunk=self.cfg.logprob_chunk, temperature=self.temperature)
-            for row, i in enumerate(group):
+            for row, i in enumerate(group or []):
                 out[i] = lp[row, : len(samples[i].input_ids)].cpu()
             self._tick(desc)
         return out
@@ -342,11 +370,13 @@ class Learner:
     def plan(self, n: int) -> list[list[int]]:
         """The optimizer steps of one update: shuffled row indices, `mini_batch_size` rows per step (or
         `mini_batches` equal parts), for each epoch."""
-        size = self.cfg.mini_batch_size or math.ceil(n / self.cfg.mini_batches)
+        size = max(1, self.cfg.mini_batch_size or math.ceil(n / self.cfg.mini_batches))
         steps = []
         for _ in range(self.cfg.epochs):
             order = torch.randperm(n, generator=self.shuffle).tolist()
             steps += [order[start : start + size] for start in range(0, n, size)]
+        if self.place.enabled:  # every rank takes the same number of optimizer steps (empty ones: padding only)
+            steps += [[] for _ in range(int(distributed.all_max(len(steps))) - len(steps))]
         return steps
 
     def reference_log_probs(self, samples: Sequence[Sample]) -> list[torch.Tensor]:
@@ -368,7 +398,7 @@ class Learner:
 
     def update(self, samples: Sequence[Sample], p: float, *, progress: bool = False) -> dict[str, float]:
         """Train on `samples` with Hölder order p; returns averaged `train/…` metrics (README "Metrics")."""
-        if not samples:
+        if not samples and not self.place.enabled:  # a rank may have none: it still joins every collective
             raise ValueError("update() got no samples")
         steps = self.plan(len(samples))
         if progress:  # one bar over every micro-batch of the update: old and reference log-probs, then the steps
@@ -429,18 +459,20 @@ class Learner:
         `measure_entropy` asks for the metric. Returns (loss, metrics, padded tokens)."""
         self.model.train()
         entropy_mode = "grad" if self.cfg.entropy_coef > 0 else ("value" if measure_entropy else "none")
-        totals = {"num_seqs": len(rows), "num_tokens": sum(samples[i].num_action_tokens for i in rows)}
+        counts = [len(rows), sum(samples[i].num_action_tokens for i in rows)]
+        num_seqs, num_tokens = (int(x) for x in distributed.all_sum(counts))  # the mini-batch over every rank
+        totals = {"num_seqs": num_seqs, "num_tokens": num_tokens}
         acc = MetricAccumulator()
         total_loss, padded = 0.0, 0
-        for group in length_grouped(samples, rows, self.cfg.micro_batch_tokens):
-            batch = collate(samples, group, self.device)
-            padded += batch.input_ids.numel()
+        for group in self._micro_batches(samples, rows):
+            batch = self._batch(samples, group)
+            padded += batch.input_ids.numel() if group is not None else 0
             with self._autocast():
                 lp, entropy = token_log_probs(
                     self.model, batch, chunk=self.cfg.logprob_chunk, temperature=self.temperature, entropy=entropy_mode
                 )
             mask = batch.action_mask
-            old_lp = lp.detach() if old is None else self._padded(old, batch)
+            old_lp = lp.detach() if old is None or group is None else self._padded(old, batch)
             is_weight, mismatch = None, {}
             if batch.rollout is not None:
                 values, has = batch.rollout
@@ -461,10 +493,15 @@ class Learner:
                     loss = loss - self.cfg.entropy_coef * token_mean_entropy
                 metrics["entropy"] = token_mean_entropy.detach() * totals["num_tokens"] / max(int(mask.sum()), 1)
             if ref is not None:
-                kl = kl_k3(lp, self._padded(ref, batch), mask, num_tokens=totals["num_tokens"])
+                ref_lp = lp.detach() if group is None else self._padded(ref, batch)
+                kl = kl_k3(lp, ref_lp, mask, num_tokens=totals["num_tokens"])
                 loss = loss + self.cfg.kl_coef * kl
                 metrics["kl"] = kl.detach() * totals["num_tokens"] / max(int(mask.sum()), 1)
             metrics.update(mismatch)
+            if group is None:  # padding: the same backward collectives, no contribution
+                (loss * 0.0).backward()
+                self._tick(self._step_desc)
+                continue
             loss.backward()
             total_loss += float(loss.detach())
             acc.add(metrics, weight=len(group))
@@ -474,8 +511,10 @@ class Learner:
     def _optimizer_step(self, samples, rows, old, ref, p: float) -> dict[str, float]:
         # the entropy metric is measured on the first step's rows (the policy before this update): one pass's worth
         total_loss, metrics, padded = self.accumulate_gradients(samples, rows, old, ref, p, measure_entropy=old is None)
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm))
-        if math.isfinite(total_loss) and math.isfinite(grad_norm):
+        # sharded (DTensor) gradients: the norm is the global one, and every rank clips by it
+        grad_norm = float(distributed.full_value(torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)))
+        (total_loss,) = distributed.all_sum([total_loss])
+        if math.isfinite(total_loss) and math.isfinite(grad_norm):  # a NaN on any rank makes both sums NaN
             self.optimizer.step()
             self.optimizer_steps += 1
         else:

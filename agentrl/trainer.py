@@ -258,6 +258,15 @@ def console_line(row: dict[str, Any]) -> str:
 
 def train(cfg: Config) -> dict[str, Any]:
     """Run the training loop; returns {"run_dir", "before", "after"} (eval rows)."""
+    from agentrl.distributed import from_env
+
+    if from_env().enabled:  # before anything is created or loaded
+        raise ConfigError(
+            f"agentrl-train was launched as {from_env().world} processes (torchrun), and the trainer runs one process "
+            "so far: the learner already computes sharded updates equal to one process's (agentrl/distributed.py, "
+            "tests/test_distributed.py), but splitting rollouts across ranks, sharded checkpoints and distributed "
+            "evaluation are not built yet (issue #16). Run it as one process: agentrl-train ..."
+        )
     if not cfg.trainer.run_dir:
         cfg.trainer.run_dir = str(default_run_dir(cfg.experiment, cfg.trainer.resume))
     validate_config(cfg)

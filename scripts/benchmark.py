@@ -17,6 +17,7 @@ Sections:
            fresh subprocess) and update time of the same learner update on the same batch
   vllm     the quickstart rollout with the transformers vs the vLLM backend (same process, same model), vLLM weight
            sync and canary times; run in .venv-vllm (make setup-vllm, plus pip install -e '.[alfworld]')
+  dist     one learner update: one process vs two torchrun ranks (FSDP2, gloo, half the batch each)
   peer     TRL's GRPOTrainer vs our trainer on the identical single-turn GSM8K workload (same model, prompts,
            group size, forced completion length, fp32, CPU, transformers generation); needs `pip install trl`
            in the benchmark environment (not a project dependency)
@@ -221,6 +222,65 @@ print(json.dumps({{
     "update_s": min(times),
 }}))
 """
+
+
+DIST_CHILD = """
+import json, sys, time
+sys.path.insert(0, {root!r})
+import torch
+from agentrl import distributed
+from agentrl.learner import Learner, LearnerConfig
+from agentrl.policies.models import ModelSpec, load_model
+from scripts.benchmark import alfworld_batch
+
+place = distributed.init("cpu")
+torch.manual_seed(0)
+spec = ModelSpec(name="tiny-qwen2", hidden_size=128, num_layers=4) if {quick} else ModelSpec(name="smollm2-135m-instruct")
+model, tok = load_model(spec)
+if place.enabled:
+    distributed.shard_model(model)
+samples = alfworld_batch(len(tok), 16 if {quick} else 8, {quick})
+mine = samples[place.rank :: place.world]
+learner = Learner(model, LearnerConfig(lr=1e-6, mini_batches=2, micro_batch_tokens=4096))
+learner.update(mine, p=1.0)  # warm-up
+times = []
+for _ in range(2):
+    started = time.perf_counter()
+    learner.update(mine, p=1.0)
+    times.append(time.perf_counter() - started)
+if place.main:
+    print("RESULT " + json.dumps({{"update_s": min(times), "tokens": sum(len(s.input_ids) for s in samples)}}))
+"""
+
+
+def bench_dist(quick: bool) -> dict[str, Any]:
+    """One learner update on the ALFWorld-shaped batch: one process vs two ranks (torchrun, FSDP2, gloo) each
+    holding half the samples. On a 2-core CPU the ranks share the cores (1 thread each): the point is overhead."""
+    import socket
+    import tempfile
+
+    root = str(Path(__file__).resolve().parents[1])
+    script = Path(tempfile.mkdtemp()) / "dist_child.py"
+    script.write_text(DIST_CHILD.format(root=root, quick=quick))
+    out: dict[str, Any] = {}
+    for ranks, threads in ((1, 2), (1, 1), (2, 1)):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={ranks}", f"--master_port={port}"]
+        env = {**__import__("os").environ, "OMP_NUM_THREADS": str(threads)}
+        res = subprocess.run([*cmd, str(script)], capture_output=True, text=True, cwd=root, env=env)
+        name = f"{ranks}rank_{threads}thread"
+        lines = [x for x in res.stdout.splitlines() if x.startswith("RESULT ")]
+        if res.returncode != 0 or not lines:  # a measured outcome too: record it, don't hide it
+            out[f"{name}_error"] = f"exit {res.returncode}: {res.stderr.strip().splitlines()[-1:]}"
+            continue
+        result = json.loads(lines[-1].removeprefix("RESULT "))
+        out[f"{name}_update_s"] = result["update_s"]
+        out[f"{name}_tokens_per_s"] = result["tokens"] / result["update_s"]
+    if "1rank_2thread_update_s" in out and "2rank_1thread_update_s" in out:
+        out["two_ranks_vs_one_process_time_ratio"] = out["2rank_1thread_update_s"] / out["1rank_2thread_update_s"]
+    return out
 
 
 def bench_lora(quick: bool) -> dict[str, Any]:
@@ -646,6 +706,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         save()
     if "vllm" in args.sections:
         report["vllm"] = bench_vllm(model, tok, args.quick)
+        save()
+    if "dist" in args.sections:
+        report["dist"] = bench_dist(args.quick)
         save()
     save()
     for section, values in report.items():

@@ -1,0 +1,124 @@
+"""Many processes with PyTorch's own stack: torchrun launches them, FSDP2 (`fully_shard`) shards the model per
+decoder layer (issue #16; what exists so far is the learner's part, see README "Many GPUs / many nodes").
+
+The learner computes exactly the update one process would compute on the union of every rank's samples:
+  - sequence and token counts are all-reduced per mini-batch, so each rank's loss is already divided by the global
+    totals, and gradients are summed across ranks (FSDP's gradient divide factor is set to 1);
+  - every rank runs the same number of optimizer steps, and within each, of micro-batches (forwards with and
+    without gradients): a rank with fewer pads with a zero-weight micro-batch, so collectives never hang;
+  - a non-finite loss or gradient on any rank skips the step on every rank;
+  - gradient clipping runs on the sharded (DTensor) gradients; the norm is the global one.
+On one process every helper here is the identity.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def from_env() -> Dist:
+    """The process's place as torchrun describes it (RANK, WORLD_SIZE, LOCAL_RANK); one process otherwise."""
+    return Dist(
+        rank=int(os.environ.get("RANK", 0)),
+        world=int(os.environ.get("WORLD_SIZE", 1)),
+        local_rank=int(os.environ.get("LOCAL_RANK", 0)),
+    )
+
+
+def current() -> Dist:
+    """This process's place in the initialised process group (one process when there is none)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return Dist()
+    return Dist(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def init(device_type: str = "cpu") -> Dist:
+    """Join the process group torchrun set up (nccl on GPUs, gloo on CPU); a no-op for one process."""
+    place = from_env()
+    if place.enabled and not dist.is_initialized():
+        dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+        if device_type == "cuda":
+            torch.cuda.set_device(place.local_rank)
+    return current()
+
+
+def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The decoder blocks of a Hugging Face causal LM (Qwen2, Llama, SmolLM2: model.model.layers)."""
+    body = getattr(model, model.base_model_prefix, model)
+    layers = getattr(body, "layers", None)
+    if layers is None:
+        raise ValueError(f"{type(model).__name__}: no decoder layers found at {model.base_model_prefix}.layers")
+    return list(layers)
+
+
+FORWARD_METHOD = "agentrl_token_log_probs"  # the learner's forward, registered with FSDP on a sharded model
+
+
+def shard_model(model: torch.nn.Module, *, precision: str = "fp32") -> torch.nn.Module:
+    """FSDP2 over the current process group: one unit per decoder layer, the rest (embeddings, final norm, LM
+    head; tied embeddings stay one parameter) in the root unit. Parameters stay fp32 (master weights); with
+    precision="bf16" each unit computes in bf16 and reduces gradients in fp32. Gradients are summed across ranks
+    (divide factor 1): the learner divides by the global counts itself."""
+    import types
+
+    from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
+
+    from agentrl.learner import _token_log_probs
+
+    policy = MixedPrecisionPolicy(
+        param_dtype=torch.bfloat16 if precision == "bf16" else None, reduce_dtype=torch.float32
+    )
+    for layer in decoder_layers(model):
+        fully_shard(layer, mp_policy=policy)
+    fully_shard(model, mp_policy=policy)
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.set_gradient_divide_factor(1.0)
+            module.set_force_sum_reduction_for_comms(True)  # plain SUM collectives (gloo has no pre-multiplied sum)
+    # the learner runs the body and then the LM head in chunks, not model.forward: registering that as a forward
+    # method gathers the root unit's parameters around it and reduces their gradients after backward
+    setattr(model, FORWARD_METHOD, types.MethodType(_token_log_probs, model))
+    register_fsdp_forward_method(model, FORWARD_METHOD)
+    return model
+
+
+def all_sum(values: list[float], device: torch.device | str = "cpu") -> list[float]:
+    """Element-wise sum over ranks (float64); the values themselves on one process."""
+    if not current().enabled:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.tolist()
+
+
+def all_max(value: float, device: torch.device | str = "cpu") -> float:
+    """The largest value over ranks; the value itself on one process."""
+    if not current().enabled:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
+
+
+def full_value(x: torch.Tensor) -> torch.Tensor:
+    """A DTensor's global value (a plain tensor as it is)."""
+    return x.full_tensor() if hasattr(x, "full_tensor") else x
