@@ -6,6 +6,7 @@ equal   each rank trains on its share (rows rank::world) of 8 fixed samples: 2 o
         epochs, so the second step is off-policy); rank 0 writes the full weights and metrics
 uneven  rank 0 has 7 samples, rank 1 one; 2 rows per optimizer step (4 steps vs 1), small micro-batches
 nan     rank 1's advantages are NaN: every step must be skipped on both ranks
+lora    as equal, on a model with LoRA adapters (rank 4): only adapters train, sharded with the frozen base
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agentrl import distributed
 from agentrl.learner import Learner, LearnerConfig
+from agentrl.policies.lora import LoraSpec
 from agentrl.policies.models import ModelSpec, load_model
 from agentrl.types import Sample
 
@@ -39,11 +41,12 @@ def samples(count: int, seed: int = 0) -> list[Sample]:
 def main(scenario: str, out: Path) -> None:
     place = distributed.init("cpu")
     torch.manual_seed(0)
-    model, _ = load_model(ModelSpec(name="tiny-qwen2"))
+    spec = ModelSpec(name="tiny-qwen2", lora=LoraSpec(rank=4) if scenario == "lora" else LoraSpec())
+    model, _ = load_model(spec)
     if place.enabled:
         distributed.shard_model(model)
     every = samples(8)
-    if scenario == "equal":
+    if scenario in ("equal", "lora"):
         cfg = LearnerConfig(lr=1e-2, mini_batches=1, epochs=2, micro_batch_tokens=48)
         mine = every[place.rank :: place.world]
     elif scenario == "uneven":
@@ -65,6 +68,7 @@ def main(scenario: str, out: Path) -> None:
         "skipped_steps": learner.skipped_steps,
         "optimizer_steps": learner.optimizer_steps,
         "moved": max(float((weights[n] - before[n]).abs().max()) for n in weights),
+        "base_moved": max(float((weights[n] - before[n]).abs().max()) for n in weights if ".lora_" not in n),
     }
     (out / f"{scenario}-{place.world}-rank{place.rank}.json").write_text(json.dumps(result))
     if place.main:
