@@ -104,8 +104,14 @@ def check_loss_options(loss: str, options: dict[str, Any], clip_low: float, clip
             for k in unknown
         ]
     one = torch.zeros(1, 1)
-    standard = {"p": 1.0, "clip_low": clip_low, "clip_high": clip_high, "num_seqs": 1, "num_tokens": 1}
-    standard["is_weight"] = None
+    standard = {
+        "p": 1.0,
+        "clip_low": clip_low,
+        "clip_high": clip_high,
+        "num_seqs": 1,
+        "num_tokens": 1,
+        "is_weight": None,
+    }
     try:
         fn(one, one, torch.ones(1), torch.ones(1, 1), **{k: standard[k] for k in passed_options(fn)}, **options)
     except (ConfigError, ValueError, TypeError) as err:

@@ -248,13 +248,12 @@ def validate_config(cfg: Config, *, resources: bool = True) -> None:
 def check_backend(cfg: Config) -> list[str]:
     """The generation backend's settings and what it cannot do; the mismatch correction's loss."""
     from agentrl.learner import check_correction
+    from agentrl.policies.models import TINY_HEADS, TINY_NAMES
 
     problems = check_correction(cfg.learner.mismatch.resolve(cfg.model.backend), cfg.algo.loss)
     if cfg.model.backend != "vllm":
         return problems
     problems += cfg.model.vllm.validate()
-    from agentrl.policies.models import TINY_HEADS, TINY_NAMES
-
     head = cfg.model.hidden_size // TINY_HEADS
     if cfg.model.name in TINY_NAMES and head % 32 and not cfg.model.device.startswith("cuda"):
         problems.append(

@@ -166,20 +166,6 @@ def resolve(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
     return s, problems
 
 
-def eval_policy(s: dict[str, Any], model, tokenizer):
-    """The generation backend for an evaluation: transformers, or a vLLM engine loaded with the model's weights."""
-    if s["backend"] == "vllm":
-        from agentrl.policies.vllm import VLLMPolicy, VllmSpec
-
-        rollout: RolloutConfig = s["rollout"]
-        spec = s["vllm"] or VllmSpec()
-        length = spec.max_model_len or rollout.max_prompt_tokens + rollout.max_new_tokens
-        return VLLMPolicy(model, tokenizer, spec, max_model_len=length)
-    from agentrl.policies.hf import HFPolicy
-
-    return HFPolicy(model, tokenizer)
-
-
 def main(argv: list[str] | None = None) -> None:
     from agentrl import envs
     from agentrl.envs.agents import SCRIPTED_AGENTS, run_panel
@@ -208,11 +194,14 @@ def main(argv: list[str] | None = None) -> None:
             results.append(run_panel(probe, agent, indices, max_steps=max_turns))
     else:
         from agentrl.policies.models import ModelSpec, load_model
+        from agentrl.policies.vllm import VllmSpec
+        from agentrl.trainer import make_policy
 
         model, tok = load_model(ModelSpec(name=s["model"], device="auto"))
         factory = env_factory(env_id, max_episode_steps=max_turns, **env_kwargs)
         with EnvPool(factory, num_workers=args.workers, **rollout.pool_options()) as pool:
-            manager = RolloutManager(pool, eval_policy(s, model, tok), tok, fmt, rollout, evaluation=True)
+            policy = make_policy(s["backend"], model, tok, rollout, s["vllm"] or VllmSpec())
+            manager = RolloutManager(pool, policy, tok, fmt, rollout, evaluation=True)
             for seed in args.seeds:
                 sampling = replace(manager.sampling, seed=seed)
                 results.append(evaluate_rollout(manager, indices, seed, sampling, progress=not args.no_progress))

@@ -466,19 +466,28 @@ class Learner:
         total_loss, padded = 0.0, 0
         for group in self._micro_batches(samples, rows):
             batch = self._batch(samples, group)
-            padded += batch.input_ids.numel() if group is not None else 0
             with self._autocast():
                 lp, entropy = token_log_probs(
                     self.model, batch, chunk=self.cfg.logprob_chunk, temperature=self.temperature, entropy=entropy_mode
                 )
+            if group is None:  # padding: the same forward and backward collectives, no contribution
+                (lp.sum() * 0.0).backward()
+                self._tick(self._step_desc)
+                continue
+            padded += batch.input_ids.numel()
             mask = batch.action_mask
-            old_lp = lp.detach() if old is None or group is None else self._padded(old, batch)
+            old_lp = lp.detach() if old is None else self._padded(old, batch)
             is_weight, mismatch = None, {}
             if batch.rollout is not None:
                 values, has = batch.rollout
                 is_weight, mismatch = mismatch_weights(old_lp, values, has, self.correction, self.cfg.mismatch.cap)
-            standard = {"p": p, "clip_low": self.algo.clip_low, "clip_high": self.algo.clip_high, **totals}
-            standard["is_weight"] = is_weight
+            standard = {
+                "p": p,
+                "clip_low": self.algo.clip_low,
+                "clip_high": self.algo.clip_high,
+                **totals,
+                "is_weight": is_weight,
+            }
             loss, metrics = self.loss_fn(
                 lp,
                 old_lp,
@@ -493,15 +502,10 @@ class Learner:
                     loss = loss - self.cfg.entropy_coef * token_mean_entropy
                 metrics["entropy"] = token_mean_entropy.detach() * totals["num_tokens"] / max(int(mask.sum()), 1)
             if ref is not None:
-                ref_lp = lp.detach() if group is None else self._padded(ref, batch)
-                kl = kl_k3(lp, ref_lp, mask, num_tokens=totals["num_tokens"])
+                kl = kl_k3(lp, self._padded(ref, batch), mask, num_tokens=totals["num_tokens"])
                 loss = loss + self.cfg.kl_coef * kl
                 metrics["kl"] = kl.detach() * totals["num_tokens"] / max(int(mask.sum()), 1)
             metrics.update(mismatch)
-            if group is None:  # padding: the same backward collectives, no contribution
-                (loss * 0.0).backward()
-                self._tick(self._step_desc)
-                continue
             loss.backward()
             total_loss += float(loss.detach())
             acc.add(metrics, weight=len(group))

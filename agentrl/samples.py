@@ -17,11 +17,6 @@ from agentrl.algo import AdvantageConfig
 from agentrl.types import Episode, Sample, SampleMode
 
 
-def _checked_logprobs(logprobs: list[float] | None, count: int) -> list[float] | None:
-    """A turn's sampler log-probs when there is one per generated id (a backend that reports fewer gives none)."""
-    return list(logprobs) if logprobs is not None and len(logprobs) == count else None
-
-
 def _window_samples(episode: Episode) -> list[Sample]:
     return [
         Sample(
@@ -32,7 +27,7 @@ def _window_samples(episode: Episode) -> list[Sample]:
             episode_id=episode.episode_id,
             turn_index=k,
             allowed=turn.allowed_ids,
-            rollout_logprobs=_checked_logprobs(turn.completion_logprobs, len(turn.completion_ids)),
+            rollout_logprobs=turn.completion_logprobs,
         )
         for k, turn in enumerate(episode.turns)
     ]
@@ -50,7 +45,7 @@ def _full_sample(episode: Episode) -> Sample:
     allowed = None
     if any(t.allowed_ids is not None for t in episode.turns):
         allowed = [a for t in episode.turns for a in (t.allowed_ids or [None] * len(t.completion_ids))]
-    per_turn = [_checked_logprobs(t.completion_logprobs, len(t.completion_ids)) for t in episode.turns]
+    per_turn = [t.completion_logprobs for t in episode.turns]
     return Sample(
         ids,
         mask,

@@ -38,7 +38,8 @@ from agentrl.errors import ConfigError
 from agentrl.evaluation import evaluate_rollout, panel_for
 from agentrl.learner import Learner
 from agentrl.metrics import MetricsLog
-from agentrl.rollout import RolloutManager, Task, episode_stats
+from agentrl.policies.vllm import VllmSpec
+from agentrl.rollout import RolloutConfig, RolloutManager, Task, episode_stats
 from agentrl.rundir import RunLock, default_run_dir, point_latest, prepare_run_dir
 from agentrl.samples import build_samples
 
@@ -103,7 +104,16 @@ class Components:
             ref_model=ref,
             backend=cfg.model.backend,
         )
-        self.policy = make_policy(cfg, self.model, self.tokenizer)
+        self.policy = make_policy(
+            cfg.model.backend,
+            self.model,
+            self.tokenizer,
+            cfg.rollout,
+            cfg.model.vllm,
+            seed=cfg.trainer.seed,
+            precision=cfg.model.dtype,
+            batch_size=cfg.rollout.generation_batch_size,
+        )
         seed = cfg.trainer.seed
         # the sampler's log-probs are kept when the learner corrects for them, or when they cost nothing (vLLM)
         logprobs = cfg.model.backend == "vllm" or self.learner.correction != "off"
@@ -122,23 +132,26 @@ class Components:
             self.policy.close()
 
 
-def make_policy(cfg: Config, model: torch.nn.Module, tokenizer):
-    """The generation backend named by model.backend, over the learner's model."""
-    if cfg.model.backend == "vllm":
+def make_policy(
+    backend: str,
+    model: torch.nn.Module,
+    tokenizer,
+    rollout: RolloutConfig,
+    vllm: VllmSpec,
+    *,
+    seed: int = 0,
+    precision: str = "fp32",
+    batch_size: int = 64,
+):
+    """The generation backend named by model.backend over `model` (the trainer's and agentrl-eval's)."""
+    if backend == "vllm":
         from agentrl.policies.vllm import VLLMPolicy
 
-        spec = cfg.model.vllm
-        return VLLMPolicy(
-            model,
-            tokenizer,
-            spec,
-            max_model_len=spec.max_model_len or cfg.rollout.max_prompt_tokens + cfg.rollout.max_new_tokens,
-            seed=cfg.trainer.seed,
-            precision=cfg.model.dtype,
-        )
+        length = vllm.max_model_len or rollout.max_prompt_tokens + rollout.max_new_tokens
+        return VLLMPolicy(model, tokenizer, vllm, max_model_len=length, seed=seed, precision=precision)
     from agentrl.policies.hf import HFPolicy
 
-    return HFPolicy(model, tokenizer, batch_size=cfg.rollout.generation_batch_size, precision=cfg.model.dtype)
+    return HFPolicy(model, tokenizer, batch_size=batch_size, precision=precision)
 
 
 def sync_stats(policy) -> dict[str, float]:

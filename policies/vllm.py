@@ -28,13 +28,13 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from agentrl.policies.base import Completion, Constraint, SamplingParams, request_seeds
+from agentrl.policies.lora import merged_state
 
 PROBE_TEXT = (
     "You are an agent in a house. Your task is to: put a clean apple in the fridge. Admissible actions: go to "
@@ -94,14 +94,6 @@ def engine_dtype(spec: VllmSpec, precision: str) -> str:
     if spec.dtype != "auto":
         return spec.dtype
     return "bfloat16" if precision == "bf16" else "float32"
-
-
-def streamed_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
-    """The model's tensors under their Hugging Face names, as a checkpoint would hold them; LoRA adapters are merged
-    into their base weights out of place (base + scale·B·A), so the learner's own tensors are untouched."""
-    from agentrl.policies.lora import merged_state
-
-    yield from merged_state(model)
 
 
 class VLLMPolicy:
@@ -239,7 +231,7 @@ class VLLMPolicy:
         started = time.perf_counter()
         self.wake()
         self.llm.collective_rpc(
-            "reload_weights", kwargs={"weights_iterator": streamed_weights(self.model), "is_checkpoint_format": True}
+            "reload_weights", kwargs={"weights_iterator": merged_state(self.model), "is_checkpoint_format": True}
         )
         self.llm.reset_prefix_cache()
         self.version += 1

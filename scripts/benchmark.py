@@ -695,21 +695,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if "padding" in args.sections:
         report["padding"] = {**padding_fraction(samples, 4096), **logprob_memory(args.quick)}
         save()
-    if "rollout" in args.sections:
-        report["rollout"] = bench_rollout(model, tok, args.quick)
-        save()
-    if "peer" in args.sections:
-        report["peer"] = bench_peer(args.quick)
-        save()
-    if "lora" in args.sections:
-        report["lora"] = bench_lora(args.quick)
-        save()
-    if "vllm" in args.sections:
-        report["vllm"] = bench_vllm(model, tok, args.quick)
-        save()
-    if "dist" in args.sections:
-        report["dist"] = bench_dist(args.quick)
-        save()
+    sections = {  # the sections that each stand alone, in report order
+        "rollout": lambda: bench_rollout(model, tok, args.quick),
+        "peer": lambda: bench_peer(args.quick),
+        "lora": lambda: bench_lora(args.quick),
+        "vllm": lambda: bench_vllm(model, tok, args.quick),
+        "dist": lambda: bench_dist(args.quick),
+    }
+    for name, run in sections.items():
+        if name in args.sections:
+            report[name] = run()
+            save()
     save()
     for section, values in report.items():
         if isinstance(values, dict):

@@ -44,8 +44,16 @@ def signed_clip_log(log_ratio: torch.Tensor, advantages: torch.Tensor, clip: Cli
     return torch.where(advantages > 0, upper, torch.where(advantages < 0, lower, log_ratio))
 
 
-def sequence_mean(per_seq: torch.Tensor, mask: torch.Tensor, num_seqs: int | None) -> torch.Tensor:
-    """Plain mean over sequences; divide by the mini-batch's sequence count when given (accumulation)."""
+def sequence_mean(
+    per_seq: torch.Tensor, mask: torch.Tensor, num_seqs: int | None, is_weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Plain mean over sequences; divide by the mini-batch's sequence count when given (accumulation). With
+    `is_weight` [B, T] (the rollout-mismatch factor, losses/mismatch.py) each sequence's term is first scaled by
+    the mean of its action tokens' weights (1 for a row without action tokens)."""
+    if is_weight is not None:
+        m = mask.float()
+        count = m.sum(-1)
+        per_seq = per_seq * torch.where(count > 0, (is_weight * m).sum(-1) / count.clamp(min=1.0), 1.0)
     denom = per_seq.shape[0] if num_seqs is None else num_seqs
     return per_seq.sum() / max(denom, 1)
 

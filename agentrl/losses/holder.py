@@ -15,7 +15,6 @@ from agentrl.losses.common import (
     sequence_mean,
     signed_clip_log,
 )
-from agentrl.losses.mismatch import sequence_weights
 
 GEOMETRIC_EPS = 1e-6
 
@@ -85,10 +84,7 @@ def _sequence_objective(
     adv = advantages.float()
     clipped = signed_clip_log(log_rho, adv, clip)  # [B]
     per_seq = -adv * safe_exp(clipped)  # [B]
-    weights = sequence_weights(is_weight, mask)
-    if weights is not None:
-        per_seq = per_seq * weights
-    return sequence_mean(per_seq, mask, num_seqs), clipped, clipped != log_rho
+    return sequence_mean(per_seq, mask, num_seqs, is_weight), clipped, clipped != log_rho
 
 
 def holder_seq(
@@ -142,10 +138,7 @@ def holder_token(
     clipped_delta = signed_clip_log(delta, adv[:, None], ClipRange(clip_low, clip_high))  # [B, T]
     log_rho = holder_log_mean(clipped_delta, mask, p)  # [B]
     per_seq = -adv * safe_exp(log_rho)
-    weights = sequence_weights(is_weight, mask)
-    if weights is not None:
-        per_seq = per_seq * weights
-    loss = sequence_mean(per_seq, mask, num_seqs)
+    loss = sequence_mean(per_seq, mask, num_seqs, is_weight)
     valid = mask.bool()
     token_clipped = ((clipped_delta != delta) & valid).float()
     metrics = ratio_metrics(holder_log_mean(delta, mask, p).detach(), delta.detach(), mask, token_clipped, per="token")

@@ -83,13 +83,3 @@ def mismatch_weights(
         metrics["mismatch/is_clip_frac"] = dropped.sum() / rows.sum().clamp(min=1)
         return weights, metrics
     raise ValueError(f"unknown mismatch correction {correction!r}; use one of {', '.join(Correction)}")
-
-
-def sequence_weights(is_weight: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor | None:
-    """A sequence-level loss's factor: the mean of its tokens' weights over the action tokens ([B]; 1 for rows
-    without action tokens)."""
-    if is_weight is None:
-        return None
-    m = mask.float()
-    count = m.sum(-1)
-    return torch.where(count > 0, (is_weight * m).sum(-1) / count.clamp(min=1.0), torch.ones_like(count))
