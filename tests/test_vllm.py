@@ -69,10 +69,10 @@ def test_token_ids_in_and_out_with_the_samplers_log_probs(tiny):
     assert torch.allclose(engine_scores, probe_log_probs(model, odd), atol=1e-4)
     # a stop string ends the completion at the token that completes it (kept, as the transformers backend does)
     stop = first[0].text[len(tokenizer.decode(first[0].token_ids[:4], skip_special_tokens=True)) :][:2]
-    if stop.strip():
-        (stopped,) = engine.generate([prompt], SamplingParams(0.7, max_new_tokens=12, seed=3, stop=[stop]))
-        assert stopped.finish_reason == "stop" and stop in stopped.text
-        assert stopped.token_ids == first[0].token_ids[: len(stopped.token_ids)]
+    assert stop.strip(), repr(first[0].text)  # fixed seed: a visible piece of text to stop at
+    (stopped,) = engine.generate([prompt], SamplingParams(0.7, max_new_tokens=12, seed=3, stop=[stop]))
+    assert stopped.finish_reason == "stop" and stop in stopped.text
+    assert stopped.token_ids == first[0].token_ids[: len(stopped.token_ids)]
 
 
 def test_sync_delivers_an_update_and_the_canary_trips_when_it_is_skipped():
