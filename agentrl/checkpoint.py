@@ -2,6 +2,8 @@
 rename), last K kept, every file covered by a SHA-256 manifest written last.
 
 run_dir/checkpoints/iter-000010/{model/, trainer_state.pt, config.json, checksums.json}
+  under torchrun also: sharded/ (Distributed Checkpoint: sharded weights + optimizer), trainer_state.rank<r>.pt
+  (each rank's RNGs), ranks.json (the world size it resumes with); model/ is then rank 0's full-weights export
 
 Loading verifies the manifest before anything is read, and reads the trainer state with weights_only=True: a
 checkpoint received from someone else can hold tensors and plain values, never code to run.
@@ -23,10 +25,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from agentrl import distributed
 from agentrl.policies.lora import LoraSpec, has_adapters, load_adapter, read_adapter_folder, save_adapter
 
 CKPT_RE = re.compile(r"^iter-(\d{6})$")
 MANIFEST = "checksums.json"
+SHARDED = "sharded"  # Distributed Checkpoint folder of a run under torchrun
+RANKS = "ranks.json"
 
 
 class CorruptCheckpoint(Exception):
@@ -80,30 +85,67 @@ def save_checkpoint(
     trainer_state: dict[str, Any],
     keep: int,
     config: dict[str, Any] | None = None,
+    sharded: dict[str, Any] | None = None,
 ) -> Path:
     """Write checkpoint `iteration` (iterations completed) atomically and prune older ones beyond the newest
-    `keep` (never a checkpoint newer than this one: those belong to another run and are not ours to delete)."""
+    `keep` (never a checkpoint newer than this one: those belong to another run and are not ours to delete).
+
+    Under torchrun (`sharded`: the state from `sharded_state`), every rank calls this: the sharded model and optimizer
+    go to `sharded/` with Distributed Checkpoint, each rank's own state (RNGs) to `trainer_state.rank<r>.pt`, and
+    rank 0 writes the full weights in `model/` (from `model`, the rank's unsharded copy: an HF export for agentrl-eval
+    and sharing), the config, `ranks.json`, then the manifest of every file last, and renames the folder."""
+    place = distributed.current()
     root = run_dir / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"iter-{iteration:06d}"
-    tmp = root / f".tmp-iter-{iteration:06d}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    if has_adapters(model):  # LoRA: the adapter alone (small), with the base model's spec to rebuild it
-        base = dict((config or {}).get("model", {}))
-        lora = LoraSpec(**base.pop("lora", {}))
-        save_adapter(model, tmp / "model", base, lora, tokenizer)
-    else:
-        model.save_pretrained(tmp / "model")
-        tokenizer.save_pretrained(tmp / "model")
-    torch.save({**trainer_state, "iteration": iteration, "rng": rng_state()}, tmp / "trainer_state.pt")
-    (tmp / "config.json").write_text(json.dumps(config or {}, indent=1, default=str))
-    (tmp / MANIFEST).write_text(json.dumps(_manifest(tmp), indent=1))  # last: its presence means complete
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    older = [p for p in list_checkpoints(run_dir) if int(CKPT_RE.match(p.name)[1]) <= iteration]
-    for old in older[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    # one temporary folder for all ranks (the pid of one process names none of the others')
+    tmp = root / f".tmp-iter-{iteration:06d}-{distributed.broadcast(os.getpid())}"
+    if place.main:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    distributed.barrier()
+    state = {**trainer_state, "iteration": iteration, "rng": rng_state()}
+    if sharded is not None:
+        import torch.distributed.checkpoint as dcp
+
+        dcp.save(sharded, checkpoint_id=tmp / SHARDED)
+        torch.save(state, tmp / f"trainer_state.rank{place.rank}.pt")
+    if place.main:
+        if has_adapters(model):  # LoRA: the adapter alone (small), with the base model's spec to rebuild it
+            base = dict((config or {}).get("model", {}))
+            lora = LoraSpec(**base.pop("lora", {}))
+            save_adapter(model, tmp / "model", base, lora, tokenizer)
+        else:
+            model.save_pretrained(tmp / "model")
+            tokenizer.save_pretrained(tmp / "model")
+        torch.save(state, tmp / "trainer_state.pt")
+        (tmp / "config.json").write_text(json.dumps(config or {}, indent=1, default=str))
+        if sharded is not None:
+            (tmp / RANKS).write_text(json.dumps({"world_size": place.world}))
+    distributed.barrier()  # every rank's files are written
+    if place.main:
+        (tmp / MANIFEST).write_text(json.dumps(_manifest(tmp), indent=1))  # last: its presence means complete
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        older = [p for p in list_checkpoints(run_dir) if int(CKPT_RE.match(p.name)[1]) <= iteration]
+        for old in older[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    distributed.barrier()
     return final
+
+
+def sharded_state(model, optimizer) -> dict[str, Any]:
+    """The sharded model's and optimizer's state (DTensors, parameter names as keys) for Distributed Checkpoint."""
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model_state, optim_state = get_state_dict(model, optimizer)
+    return {"model": model_state, "optimizer": optim_state}
+
+
+def checkpoint_world_size(path: Path) -> int:
+    """The number of ranks that wrote a checkpoint (1 for one process's)."""
+    ranks = path / RANKS
+    return int(json.loads(ranks.read_text())["world_size"]) if ranks.exists() else 1
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
@@ -145,19 +187,38 @@ def verify_checkpoint(path: Path) -> dict[str, Any]:
     return config
 
 
-def load_checkpoint(path: Path, model) -> dict[str, Any]:
+def load_checkpoint(path: Path, model, optimizer=None) -> dict[str, Any]:
     """Load weights into `model` (in place) and return the trainer state (RNG states restored). Verify first
-    (verify_checkpoint); a file that still fails to load raises CorruptCheckpoint before the model is touched."""
+    (verify_checkpoint); a file that still fails to load raises CorruptCheckpoint before the model is touched.
+
+    A checkpoint written under torchrun loads on the same number of ranks: the sharded model and `optimizer` from
+    Distributed Checkpoint (the returned state's learner part then holds no optimizer), each rank its own RNGs."""
     from transformers import AutoModelForCausalLM
 
+    place = distributed.current()
+    sharded = (path / SHARDED).exists()
+    if sharded != place.enabled or checkpoint_world_size(path) != place.world:
+        raise CorruptCheckpoint(
+            f"{path} was written by {checkpoint_world_size(path)} process(es) and this run has {place.world}: "
+            "resume it with the same number of ranks"
+        )
     try:
-        # weights_only: a checkpoint from elsewhere can hold tensors and plain values, never code to run
-        state = torch.load(path / "trainer_state.pt", weights_only=True)
-        if read_adapter_folder(path / "model") is not None:
-            load_adapter(model, path / "model")
+        if sharded:
+            import torch.distributed.checkpoint as dcp
+            from torch.distributed.checkpoint.state_dict import set_state_dict
+
+            state = torch.load(path / f"trainer_state.rank{place.rank}.pt", weights_only=True)
+            target = sharded_state(model, optimizer)
+            dcp.load(target, checkpoint_id=path / SHARDED)
+            set_state_dict(model, optimizer, model_state_dict=target["model"], optim_state_dict=target["optimizer"])
         else:
-            loaded = AutoModelForCausalLM.from_pretrained(path / "model", dtype=next(model.parameters()).dtype)
-            model.load_state_dict(loaded.state_dict())
+            # weights_only: a checkpoint from elsewhere can hold tensors and plain values, never code to run
+            state = torch.load(path / "trainer_state.pt", weights_only=True)
+            if read_adapter_folder(path / "model") is not None:
+                load_adapter(model, path / "model")
+            else:
+                loaded = AutoModelForCausalLM.from_pretrained(path / "model", dtype=next(model.parameters()).dtype)
+                model.load_state_dict(loaded.state_dict())
     except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as err:
         raise CorruptCheckpoint(f"{path}: {type(err).__name__}: {str(err).splitlines()[0][:300]}") from None
     set_rng_state(state["rng"])

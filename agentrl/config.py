@@ -14,11 +14,15 @@ import importlib
 import importlib.util
 import inspect
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 import agentrl.configs
+from agentrl import distributed
 from agentrl.algo import AlgoConfig
 from agentrl.errors import ConfigError
 from agentrl.learner import LearnerConfig
@@ -214,6 +218,7 @@ def validate_config(cfg: Config, *, resources: bool = True) -> None:
             problems += check_env_data(cfg)
     problems += cfg.algo.validate(cfg.trainer.iterations, cfg.rollout.max_new_tokens)
     problems += cfg.rollout.validate() + cfg.learner.validate() + check_backend(cfg)
+    problems += check_world(cfg, distributed.from_env(), resources=resources)
     if not cfg.rollout.temperature > 0:  # the learner scores the sampled distribution: logits / temperature
         problems.append(f"rollout.temperature={cfg.rollout.temperature}: training samples need a temperature > 0")
     if cfg.rollout.group_size < 2:  # the coupling of group-relative advantages (algo) and the group (rollout)
@@ -243,6 +248,30 @@ def validate_config(cfg: Config, *, resources: bool = True) -> None:
         problems += check_model_spec(cfg.model)
     if problems:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
+
+
+def check_world(cfg: Config, place: distributed.Dist, *, resources: bool = True) -> list[str]:
+    """Under torchrun: each rank plays whole groups, so the tasks of an iteration divide evenly; one GPU per rank."""
+    if not place.enabled:
+        return []
+    problems = []
+    if cfg.rollout.tasks_per_iteration % place.world:
+        good = place.world * max(1, round(cfg.rollout.tasks_per_iteration / place.world))
+        problems.append(
+            f"rollout.tasks_per_iteration={cfg.rollout.tasks_per_iteration} does not divide among the {place.world} "
+            f"ranks torchrun launched (WORLD_SIZE={place.world}): each rank plays whole groups. Set "
+            f"rollout.tasks_per_iteration={good} (a multiple of {place.world}), or launch a number of ranks that "
+            f"divides {cfg.rollout.tasks_per_iteration}"
+        )
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", place.world))
+    on_gpu = cfg.model.device.startswith("cuda") or (cfg.model.device == "auto" and torch.cuda.is_available())
+    if resources and on_gpu:
+        if torch.cuda.device_count() < local:
+            problems.append(
+                f"torchrun started {local} processes on this node and it has {torch.cuda.device_count()} GPU(s): "
+                f"use --nproc_per_node {torch.cuda.device_count()} (one rank per GPU)"
+            )
+    return problems
 
 
 def check_backend(cfg: Config) -> list[str]:
@@ -335,6 +364,7 @@ RESUMABLE_CHANGES = (
     "learner.max_grad_norm",
     "learner.micro_batch_tokens",
     "learner.logprob_chunk",
+    "learner.activation_checkpointing",
     "rollout.num_workers",
     "rollout.env_timeout_s",
     "rollout.pipeline_chunks",

@@ -1,5 +1,9 @@
 """Many processes with PyTorch's own stack: torchrun launches them, FSDP2 (`fully_shard`) shards the model per
-decoder layer (issue #16; what exists so far is the learner's part, see README "Many GPUs / many nodes").
+decoder layer, Distributed Checkpoint saves it (agentrl/checkpoint.py); README "Many GPUs / many nodes".
+
+The trainer splits each iteration's tasks across ranks by whole groups (a group's members on one rank, so group
+statistics stay local); every rank plays its groups with its own env pool and generation backend, fed from its own
+unsharded copy of the weights, refreshed after every update (`copy_trainable`). Samples are never gathered.
 
 The learner computes exactly the update one process would compute on the union of every rank's samples:
   - sequence and token counts are all-reduced per mini-batch, so each rank's loss is already divided by the global
@@ -14,10 +18,14 @@ On one process every helper here is the identity.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -55,7 +63,8 @@ def init(device_type: str = "cpu") -> Dist:
     """Join the process group torchrun set up (nccl on GPUs, gloo on CPU); a no-op for one process."""
     place = from_env()
     if place.enabled and not dist.is_initialized():
-        dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+        # on GPUs nccl moves CUDA tensors and gloo the small CPU ones (counts, metrics, objects)
+        dist.init_process_group("cuda:nccl,cpu:gloo" if device_type == "cuda" else "gloo")
         if device_type == "cuda":
             torch.cuda.set_device(place.local_rank)
     return current()
@@ -99,6 +108,83 @@ def shard_model(model: torch.nn.Module, *, precision: str = "fp32") -> torch.nn.
     setattr(model, FORWARD_METHOD, types.MethodType(_token_log_probs, model))
     register_fsdp_forward_method(model, FORWARD_METHOD)
     return model
+
+
+def barrier() -> None:
+    if current().enabled:
+        dist.barrier()
+
+
+def broadcast(value: Any) -> Any:
+    """Rank 0's `value` on every rank (a picklable object)."""
+    if not current().enabled:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather(value: Any) -> list[Any]:
+    """Every rank's `value` (picklable), in rank order, on every rank; [value] on one process."""
+    if not current().enabled:
+        return [value]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, value)
+    return out
+
+
+def split(items: Sequence[T], place: Dist | None = None) -> list[T]:
+    """This rank's share of `items`: positions rank, rank + world, … (everything on one process)."""
+    place = place or current()
+    return list(items[place.rank :: place.world])
+
+
+def merge(shares: list[list[T]]) -> list[T]:
+    """The inverse of `split`: per-rank shares (gather's output) back in their original order."""
+    out: list[T] = []
+    for k in range(max((len(s) for s in shares), default=0)):
+        out += [s[k] for s in shares if k < len(s)]
+    return out
+
+
+def mean_metrics(row: dict[str, float]) -> dict[str, float]:
+    """Per-rank metrics combined: the mean over the ranks that report a key; the largest value for `…/max_abs` and
+    `…_max` keys, the smallest for `…_min`. Rank-local quantities (clip fractions, entropies, timings) become their
+    mean over ranks; global ones (loss, gradient norm, p) are equal on every rank and stay as they are."""
+    rows = gather(row)
+    if len(rows) == 1:
+        return row
+    out: dict[str, float] = {}
+    for key in dict.fromkeys(k for r in rows for k in r):
+        values = [float(r[key]) for r in rows if key in r]
+        if key.endswith(("/max_abs", "_max")):
+            out[key] = max(values)
+        elif key.endswith("_min"):
+            out[key] = min(values)
+        else:
+            out[key] = sum(values) / len(values)
+    return out
+
+
+@torch.no_grad()
+def copy_trainable(sharded: torch.nn.Module, full: torch.nn.Module) -> None:
+    """Refresh `full` (an unsharded copy made before sharding: same parameter names) from the sharded model: every
+    trainable parameter is all-gathered and copied in. Frozen ones (a LoRA base) never change, so they are skipped.
+    A collective: every rank calls it at the same point."""
+    target = dict(full.named_parameters())
+    for name, param in sharded.named_parameters():
+        if param.requires_grad:
+            target[name].copy_(full_value(param.detach()))
+
+
+def nonfinite_parameters(model: torch.nn.Module) -> list[str]:
+    """Names of parameters holding a NaN or inf on any rank (each rank checks its shards; the names are pooled)."""
+    local = [name for name, p in model.named_parameters() if not torch.isfinite(_local(p)).all()]
+    return sorted({n for names in gather(local) for n in names})
+
+
+def _local(x: torch.Tensor) -> torch.Tensor:
+    return x.to_local() if hasattr(x, "to_local") else x
 
 
 def all_sum(values: list[float], device: torch.device | str = "cpu") -> list[float]:

@@ -13,9 +13,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from agentrl import distributed
 from agentrl.envs.agents import PanelResult, success_table, summarize
 from agentrl.policies.base import SamplingParams
-from agentrl.rollout import RolloutManager, Task, episode_stats
+from agentrl.rollout import RolloutManager, Task
 
 
 def load_panel(path: str) -> dict[str, Any]:
@@ -70,12 +71,14 @@ def evaluate_rollout(
     progress: bool = False,
 ) -> PanelResult:
     """One episode per panel instance (env seed = instance index, so every run sees the same games), sampled with
-    the manager's own sampling unless `sampling` is given; `seed` varies the sampling between evaluations."""
-    tasks = [Task(instance=i, seed=i, group_id=f"eval-{i}") for i in instances]
+    the manager's own sampling unless `sampling` is given; `seed` varies the sampling between evaluations.
+
+    Under torchrun every rank plays its share of the panel and the per-game outcomes are gathered in panel order,
+    so every rank returns the whole panel's result (with greedy decoding, the numbers one process gets)."""
+    mine = distributed.split(list(instances))
+    tasks = [Task(instance=i, seed=i, group_id=f"eval-{i}") for i in mine]
     episodes = rollout.run(tasks, group_size=1, seed=seed, sampling=sampling, progress=progress, desc="eval")
-    result = summarize([(e.task_type, e.won) for e in episodes])
-    result.invalid_rate = episode_stats(episodes)["rollout/invalid_rate"]
-    result.episodes = [
+    games = [
         {
             "instance": e.instance,
             "task_type": e.task_type,
@@ -87,6 +90,10 @@ def evaluate_rollout(
         }
         for e in episodes
     ]
+    games = distributed.merge(distributed.gather(games))
+    result = summarize([(g["task_type"], g["won"]) for g in games])
+    result.invalid_rate = sum(g["invalid"] for g in games) / max(sum(g["turns"] for g in games), 1)
+    result.episodes = games
     return result
 
 

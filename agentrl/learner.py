@@ -33,13 +33,14 @@ class LearnerConfig:
     lr: float = 1e-6
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
-    mini_batch_size: int = 0  # rows (samples) per optimizer step, as verl's ppo_mini_batch_size; 0: use mini_batches
+    mini_batch_size: int = 0  # rows per optimizer step, all ranks together (ppo_mini_batch_size); 0: mini_batches
     mini_batches: int = 2  # else: optimizer steps per epoch; ≥ 2 or p has no effect (PAPER.md §7)
     epochs: int = 1
     micro_batch_tokens: int = 4096  # padded tokens per forward/backward
     logprob_chunk: int = 1024  # action positions per LM-head chunk
     kl_coef: float = 0.0  # k3 KL to the frozen reference (verl's kl_loss_coef)
     entropy_coef: float = 0.0  # entropy bonus: loss −= coef · token-mean entropy (verl's entropy_coeff)
+    activation_checkpointing: bool = False  # recompute each decoder layer's activations in backward (less memory)
     mismatch: MismatchConfig = field(default_factory=MismatchConfig)  # π_old/π_rollout correction (losses/mismatch.py)
 
     def validate(self) -> list[str]:
@@ -318,6 +319,8 @@ class Learner:
         self.loss_kwargs = self.algo.loss_options(reply_length or 0)
         self.ref_model = ref_model if cfg.kl_coef > 0 else None
         self.params = [p for p in model.parameters() if p.requires_grad]
+        if cfg.activation_checkpointing:  # transformers' per-layer checkpointing, non-reentrant (FSDP2-safe)
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.device = next(model.parameters()).device
         self.shuffle = torch.Generator().manual_seed(seed)
@@ -369,8 +372,12 @@ class Learner:
 
     def plan(self, n: int) -> list[list[int]]:
         """The optimizer steps of one update: shuffled row indices, `mini_batch_size` rows per step (or
-        `mini_batches` equal parts), for each epoch."""
-        size = max(1, self.cfg.mini_batch_size or math.ceil(n / self.cfg.mini_batches))
+        `mini_batches` equal parts), for each epoch. Under torchrun `mini_batch_size` counts the rows of every rank
+        together (as verl's ppo_mini_batch_size): each rank takes its 1/world share per step."""
+        if self.cfg.mini_batch_size:
+            size = max(1, math.ceil(self.cfg.mini_batch_size / self.place.world))
+        else:
+            size = max(1, math.ceil(n / self.cfg.mini_batches))
         steps = []
         for _ in range(self.cfg.epochs):
             order = torch.randperm(n, generator=self.shuffle).tolist()
@@ -529,16 +536,19 @@ class Learner:
         metrics.update(loss=total_loss, grad_norm=grad_norm, padding_frac=1.0 - real_tokens / max(padded, 1))
         return metrics
 
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self, optimizer: bool = True) -> dict[str, Any]:
+        """The learner's state; `optimizer=False` leaves the optimizer out (a sharded run saves it with Distributed
+        Checkpoint: checkpoint.sharded_state)."""
         return {
-            "optimizer": self.optimizer.state_dict(),
+            **({"optimizer": self.optimizer.state_dict()} if optimizer else {}),
             "shuffle_rng": self.shuffle.get_state(),
             "skipped_steps": self.skipped_steps,
             "optimizer_steps": self.optimizer_steps,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
+        if "optimizer" in state:
+            self.optimizer.load_state_dict(state["optimizer"])
         for group in self.optimizer.param_groups:  # the config's values win: a resumed run may change them
             group["lr"], group["weight_decay"] = self.cfg.lr, self.cfg.weight_decay
         self.shuffle.set_state(state["shuffle_rng"])

@@ -338,15 +338,28 @@ class RolloutManager:
         state.episode.truncation_reason = reason
 
 
-def episode_stats(episodes: list[Episode]) -> dict[str, float]:
-    """Success rate, mean return, invalid-action rate, turns, truncations."""
-    n = max(len(episodes), 1)
-    turns = sum(len(e.turns) for e in episodes)
+def episode_totals(episodes: list[Episode]) -> dict[str, float]:
+    """The sums episode_stats divides (several ranks add theirs up before dividing)."""
     return {
-        "rollout/success": sum(e.won for e in episodes) / n,
-        "rollout/reward": sum(e.total_reward for e in episodes) / n,
-        "rollout/invalid_rate": sum(e.num_invalid for e in episodes) / max(turns, 1),
-        "rollout/turns_per_episode": turns / n,
-        "rollout/env_errors": float(sum(e.truncation_reason.startswith("env_error") for e in episodes)),
-        "rollout/length_limited": sum(t.finish_reason == "length" for e in episodes for t in e.turns) / max(turns, 1),
+        "episodes": float(len(episodes)),
+        "won": float(sum(e.won for e in episodes)),
+        "reward": float(sum(e.total_reward for e in episodes)),
+        "invalid": float(sum(e.num_invalid for e in episodes)),
+        "turns": float(sum(len(e.turns) for e in episodes)),
+        "env_errors": float(sum(e.truncation_reason.startswith("env_error") for e in episodes)),
+        "length_limited": float(sum(t.finish_reason == "length" for e in episodes for t in e.turns)),
+    }
+
+
+def episode_stats(episodes: list[Episode], totals: dict[str, float] | None = None) -> dict[str, float]:
+    """Success rate, mean return, invalid-action rate, turns, truncations (from `totals` when given)."""
+    t = totals or episode_totals(episodes)
+    n, turns = max(t["episodes"], 1.0), max(t["turns"], 1.0)
+    return {
+        "rollout/success": t["won"] / n,
+        "rollout/reward": t["reward"] / n,
+        "rollout/invalid_rate": t["invalid"] / turns,
+        "rollout/turns_per_episode": t["turns"] / n,
+        "rollout/env_errors": t["env_errors"],
+        "rollout/length_limited": t["length_limited"] / turns,
     }

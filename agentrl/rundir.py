@@ -102,13 +102,19 @@ def prepare_run_dir(run_dir: Path, resume: str, overwrite: bool) -> None:
 
 
 def _alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie, killed but not yet reaped by its parent, does not: a torchrun rank
+    killed with its launcher stays one until init reaps it)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True  # no /proc (macOS): signal 0 is all we know
+    return state != "Z"
 
 
 class RunLock:

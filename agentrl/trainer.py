@@ -4,6 +4,7 @@
     agentrl-train experiment=cuebandit                   # seconds: a tiny model learns CueBandit from scratch
     agentrl-train experiment=alfworld_paper              # the paper's ALFWorld protocol, on a GPU
     agentrl-train experiment=cuebandit algo=grpo trainer.resume=auto
+    torchrun --nproc_per_node 8 -m agentrl.trainer experiment=alfworld_paper   # FSDP2 over 8 GPUs (README)
 
 One iteration: sample tasks → rollout (tasks × group) → samples + group advantages → learner update with
 p = schedule(iteration) → sync policy weights → log → periodic evaluation on a fixed panel → periodic checkpoint.
@@ -13,6 +14,7 @@ evaluation uses one episode per panel game.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import random
 import sys
@@ -25,11 +27,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from agentrl import distributed
 from agentrl.checkpoint import (
     CorruptCheckpoint,
+    checkpoint_world_size,
     list_checkpoints,
     load_checkpoint,
     save_checkpoint,
+    sharded_state,
     verify_checkpoint,
 )
 from agentrl.config import Config, config_dict, load_config, resume_changes, validate_config
@@ -39,7 +44,7 @@ from agentrl.evaluation import evaluate_rollout, panel_for
 from agentrl.learner import Learner
 from agentrl.metrics import MetricsLog
 from agentrl.policies.vllm import VllmSpec
-from agentrl.rollout import RolloutConfig, RolloutManager, Task, episode_stats
+from agentrl.rollout import RolloutConfig, RolloutManager, Task, episode_stats, episode_totals
 from agentrl.rundir import RunLock, default_run_dir, point_latest, prepare_run_dir
 from agentrl.samples import build_samples
 
@@ -93,6 +98,16 @@ class Components:
         ref: torch.nn.Module | str | None = None
         if cfg.learner.kl_coef > 0:  # LoRA: the base is the adapter-free model itself, no second copy
             ref = "base" if cfg.model.lora.enabled else copy.deepcopy(self.model).eval().requires_grad_(False)
+        # torchrun: the learner's model (and a frozen reference) sharded per decoder layer; generation runs on an
+        # unsharded copy, refreshed from the shards after every update (ranks generate different lengths, so
+        # generating with the sharded model, whose every forward is a collective, would hang)
+        self.generation_model: torch.nn.Module | None = None
+        self.cfg_backend = cfg.model.backend
+        if distributed.current().enabled:
+            self.generation_model = copy.deepcopy(self.model).eval()
+            distributed.shard_model(self.model, precision=cfg.model.dtype)
+            if isinstance(ref, torch.nn.Module):
+                distributed.shard_model(ref, precision=cfg.model.dtype)
         self.learner = Learner(
             self.model,
             cfg.learner,
@@ -106,13 +121,14 @@ class Components:
         )
         self.policy = make_policy(
             cfg.model.backend,
-            self.model,
+            self.generation_model or self.model,
             self.tokenizer,
             cfg.rollout,
             cfg.model.vllm,
             seed=cfg.trainer.seed,
             precision=cfg.model.dtype,
             batch_size=cfg.rollout.generation_batch_size,
+            source=self.model if self.generation_model is not None else None,
         )
         seed = cfg.trainer.seed
         # the sampler's log-probs are kept when the learner corrects for them, or when they cost nothing (vLLM)
@@ -124,6 +140,29 @@ class Components:
             RolloutManager(pool, self.policy, self.tokenizer, fmt, cfg.rollout, evaluation=True, seed=seed)
             for pool in eval_pools
         ]
+
+    def sync(self) -> None:
+        """After an update or a resume: the generation backend gets the learner's weights (under torchrun through
+        the rank's unsharded copy: the transformers backend copies into it itself, the vLLM engine reads from it)."""
+        if self.generation_model is not None and self.cfg_backend == "vllm":
+            distributed.copy_trainable(self.model, self.generation_model)
+        self.policy.sync_weights()
+
+    def save(self, cfg: Config, run_dir: Path, iteration: int) -> None:
+        """Checkpoint after `iteration`: HF weights, or under torchrun a Distributed Checkpoint of the shards plus
+        rank 0's full-weights export (from the generation copy, already up to date)."""
+        sharded = self.generation_model is not None
+        state = {"learner": self.learner.state_dict(optimizer=not sharded), "sampler_position": iteration}
+        save_checkpoint(
+            run_dir,
+            iteration,
+            self.generation_model or self.model,
+            self.tokenizer,
+            state,
+            cfg.trainer.keep_checkpoints,
+            config_dict(cfg),
+            sharded=sharded_state(self.model, self.learner.optimizer) if sharded else None,
+        )
 
     def close(self) -> None:
         for pool in self.pools:
@@ -142,8 +181,10 @@ def make_policy(
     seed: int = 0,
     precision: str = "fp32",
     batch_size: int = 64,
+    source: torch.nn.Module | None = None,
 ):
-    """The generation backend named by model.backend over `model` (the trainer's and agentrl-eval's)."""
+    """The generation backend named by model.backend over `model` (the trainer's and agentrl-eval's); `source`:
+    the learner's model when `model` is a separate copy that the transformers backend refreshes from it."""
     if backend == "vllm":
         from agentrl.policies.vllm import VLLMPolicy
 
@@ -151,16 +192,19 @@ def make_policy(
         return VLLMPolicy(model, tokenizer, vllm, max_model_len=length, seed=seed, precision=precision)
     from agentrl.policies.hf import HFPolicy
 
-    return HFPolicy(model, tokenizer, batch_size=batch_size, precision=precision)
+    return HFPolicy(model, tokenizer, batch_size=batch_size, precision=precision, source=source)
 
 
 def sync_stats(policy) -> dict[str, float]:
-    """The generation engine's weight version, sync and canary times and canary gap (vLLM), for the metrics."""
-    if not hasattr(policy, "version"):
-        return {}
-    row = {"sync/version": float(policy.version), "time/sync_s": policy.timings["sync_s"]}
-    if policy.last_canary is not None:
-        row.update({"sync/canary_gap": policy.last_canary, "time/canary_s": policy.timings["canary_s"]})
+    """The generation engine's weight version, sync and canary times (vLLM), and the canary gap after the latest
+    sync (vLLM, or a separate transformers copy), for the metrics."""
+    row = {}
+    if hasattr(policy, "version"):
+        row = {"sync/version": float(policy.version), "time/sync_s": policy.timings["sync_s"]}
+        if policy.last_canary is not None:
+            row["time/canary_s"] = policy.timings["canary_s"]
+    if getattr(policy, "last_canary", None) is not None:
+        row["sync/canary_gap"] = policy.last_canary
     return row
 
 
@@ -188,7 +232,7 @@ def evaluate(c: Components, iteration: int, progress: bool = False) -> dict[str,
             }
         )
         row.update({f"eval/{name}/success/{t}": v for t, v in result.per_type.items()})
-        print(
+        say(
             f"[eval] iteration {iteration}: {name} success {100 * result.success:.1f}% on {len(panel)} games "
             f"(panel {digest})"
         )
@@ -212,6 +256,14 @@ def checkpoints_to_try(cfg: Config, run_dir: Path) -> list[tuple[Path, dict[str,
             warnings.warn(f"skipping a damaged checkpoint: {err}", stacklevel=2)
     if found and not good:
         raise ConfigError("no usable checkpoint to resume from:\n  - " + "\n  - ".join(damaged))
+    world = distributed.current().world
+    if good and checkpoint_world_size(good[0][0]) != world:
+        saved = checkpoint_world_size(good[0][0])
+        how = f"torchrun --nproc_per_node {saved} -m agentrl.trainer ..." if saved > 1 else "one process"
+        raise ConfigError(
+            f"{good[0][0]} was written by {saved} rank(s) and this run has {world}: resume it the way it was "
+            f"launched ({how}); its model/ folder holds the full weights for agentrl-eval or a new run"
+        )
     if good and good[0][1]:
         refused, applied = resume_changes(good[0][1], cfg)
         if refused:
@@ -222,7 +274,7 @@ def checkpoints_to_try(cfg: Config, run_dir: Path) -> list[tuple[Path, dict[str,
             )
         for line in applied:
             if not line.startswith(("trainer.resume", "trainer.run_dir", "trainer.overwrite")):
-                print(f"resume: applying {line}")
+                say(f"resume: applying {line}")
     return good
 
 
@@ -231,13 +283,13 @@ def resume(c: Components, candidates: list[tuple[Path, dict[str, Any]]]) -> int:
     checkpoint that loads; one that fails to load is skipped with a warning."""
     for path, _ in candidates:
         try:
-            state = load_checkpoint(path, c.model)
+            state = load_checkpoint(path, c.model, c.learner.optimizer)
         except CorruptCheckpoint as err:
             warnings.warn(f"skipping a checkpoint that does not load: {err}", stacklevel=2)
             continue
         c.learner.load_state_dict(state["learner"])
-        c.policy.sync_weights()
-        print(f"resumed from {path} after iteration {state['iteration']}")
+        c.sync()
+        say(f"resumed from {path} after iteration {state['iteration']}")
         return int(state["iteration"])
     if candidates:
         raise ConfigError("no checkpoint could be loaded (see the warnings above)")
@@ -249,7 +301,7 @@ class TrainingDiverged(RuntimeError):
 
 
 def check_finite_weights(model: torch.nn.Module, iteration: int, cfg: Config, run_dir: Path) -> None:
-    bad = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
+    bad = distributed.nonfinite_parameters(model)
     if bad:
         last = list_checkpoints(run_dir)
         raise TrainingDiverged(
@@ -269,42 +321,69 @@ def console_line(row: dict[str, Any]) -> str:
     )
 
 
-def train(cfg: Config) -> dict[str, Any]:
-    """Run the training loop; returns {"run_dir", "before", "after"} (eval rows)."""
-    from agentrl.distributed import from_env
+def say(*args: Any, **kwargs: Any) -> None:
+    """print on rank 0 only (everything under one process): console output of a torchrun job comes once."""
+    if distributed.current().main:
+        print(*args, **kwargs)
 
-    if from_env().enabled:  # before anything is created or loaded
-        raise ConfigError(
-            f"agentrl-train was launched as {from_env().world} processes (torchrun), and the trainer runs one process "
-            "so far: the learner already computes sharded updates equal to one process's (agentrl/distributed.py, "
-            "tests/test_distributed.py), but splitting rollouts across ranks, sharded checkpoints and distributed "
-            "evaluation are not built yet (issue #16). Run it as one process: agentrl-train ..."
-        )
-    if not cfg.trainer.run_dir:
-        cfg.trainer.run_dir = str(default_run_dir(cfg.experiment, cfg.trainer.resume))
+
+def train(cfg: Config) -> dict[str, Any]:
+    """Run the training loop; returns {"run_dir", "before", "after"} (eval rows). Under torchrun every rank calls
+    it: rank 0 owns the run directory, the metrics and the console; all ranks train, evaluate and checkpoint."""
+    from agentrl.policies.models import resolve_device
+
+    place = distributed.init(resolve_device(cfg.model.device).type if distributed.from_env().enabled else "cpu")
+    try:
+        return _launch(cfg, place)
+    finally:
+        if place.enabled and torch.distributed.is_initialized():  # a vLLM engine's shutdown may have done it
+            torch.distributed.destroy_process_group()
+
+
+def _launch(cfg: Config, place: distributed.Dist) -> dict[str, Any]:
+    if not cfg.trainer.run_dir:  # rank 0 names it (a timestamp): every rank uses that name
+        cfg.trainer.run_dir = distributed.broadcast(str(default_run_dir(cfg.experiment, cfg.trainer.resume)))
     validate_config(cfg)
     run_dir = Path(cfg.trainer.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    print(f"run directory: {run_dir}", flush=True)
-    with RunLock(run_dir):
-        candidates = checkpoints_to_try(cfg, run_dir)  # every refusal comes before weights load
-        prepare_run_dir(run_dir, cfg.trainer.resume, cfg.trainer.overwrite)
-        (run_dir / "config.yaml").write_text(config_yaml(cfg))
-        if run_dir.parent.name == (cfg.experiment or "default"):
-            point_latest(run_dir)
+    distributed.barrier()  # every rank has checked the run directory before rank 0 writes into it
+    if place.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        print(f"run directory: {run_dir}", flush=True)
+    with RunLock(run_dir) if place.main else contextlib.nullcontext():
+        candidates = distributed.broadcast(_prepare(cfg, run_dir) if place.main else None)
+        if isinstance(candidates, ConfigError):  # rank 0's refusal, raised on every rank
+            raise candidates
         try:
             return _train(cfg, run_dir, candidates)
         except KeyboardInterrupt:
-            print(
-                f"\ninterrupted; the newest checkpoint in {run_dir} is kept. Continue with: agentrl-train "
-                f"<same overrides> trainer.run_dir={run_dir} trainer.resume=auto",
-                file=sys.stderr,
-            )
+            if place.main:
+                print(
+                    f"\ninterrupted; the newest checkpoint in {run_dir} is kept. Continue with: agentrl-train "
+                    f"<same overrides> trainer.run_dir={run_dir} trainer.resume=auto",
+                    file=sys.stderr,
+                )
             raise SystemExit(130) from None
 
 
+def _prepare(cfg: Config, run_dir: Path) -> list[tuple[Path, dict[str, Any]]] | ConfigError:
+    """Rank 0 (or the one process): the checkpoints to resume from, then the run directory made ready."""
+    try:
+        candidates = checkpoints_to_try(cfg, run_dir)  # every refusal comes before weights load
+    except ConfigError as err:
+        if not distributed.current().enabled:
+            raise
+        return err
+    prepare_run_dir(run_dir, cfg.trainer.resume, cfg.trainer.overwrite)
+    (run_dir / "config.yaml").write_text(config_yaml(cfg))
+    if run_dir.parent.name == (cfg.experiment or "default"):
+        point_latest(run_dir)
+    return candidates
+
+
 def _train(cfg: Config, run_dir: Path, candidates: list[tuple[Path, dict[str, Any]]]) -> dict[str, Any]:
-    if not cfg.trainer.progress:  # every bar, including transformers' weight loading and saving bars
+    place = distributed.current()
+    progress = cfg.trainer.progress and place.main  # bars on rank 0 only
+    if not progress:  # every bar, including transformers' weight loading and saving bars
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
@@ -313,59 +392,65 @@ def _train(cfg: Config, run_dir: Path, candidates: list[tuple[Path, dict[str, An
     log = None
     try:
         start = resume(c, candidates)
-        log = MetricsLog(
-            run_dir,
-            tensorboard=cfg.trainer.tensorboard,
-            wandb=cfg.trainer.wandb,
-            project=cfg.trainer.wandb_project,
-            config=asdict(cfg),
-            resume_after=start,
-        )
+        if place.main:
+            log = MetricsLog(
+                run_dir,
+                tensorboard=cfg.trainer.tensorboard,
+                wandb=cfg.trainer.wandb,
+                project=cfg.trainer.wandb_project,
+                config=asdict(cfg),
+                resume_after=start,
+            )
         before = after = None
         if start == 0 and cfg.trainer.eval_before:
-            log.write(before := evaluate(c, 0, cfg.trainer.progress))
+            before = evaluate(c, 0, progress)
+            if log:
+                log.write(before)
         for it in range(start, cfg.trainer.iterations):
             t0 = time.perf_counter()
-            tasks = c.sampler.tasks(it, cfg.rollout.tasks_per_iteration)
-            episodes = c.rollout.run(tasks, seed=it, progress=cfg.trainer.progress)
+            # whole groups per rank; each rank samples with its own seed (rank 0's is the one process's)
+            tasks = distributed.split(c.sampler.tasks(it, cfg.rollout.tasks_per_iteration))
+            episodes = c.rollout.run(tasks, seed=it * place.world + place.rank, progress=progress)
             samples = build_samples(episodes, cfg.rollout.sample_mode, cfg.algo.advantage)
             t1 = time.perf_counter()
             p = cfg.algo.p_at(it, cfg.trainer.iterations)
             if hasattr(c.policy, "sleep"):  # a GPU engine frees its KV cache while the learner runs
                 c.policy.sleep()
-            if samples:
-                update = c.learner.update(samples, p, progress=cfg.trainer.progress)
+            if samples or place.enabled:  # a rank without samples still joins every collective of the update
+                update = c.learner.update(samples, p, progress=progress)
             else:
                 update = {"train/p": p, "train/skipped_steps": float(c.learner.skipped_steps)}
             check_finite_weights(c.model, it + 1, cfg, run_dir)
-            c.policy.sync_weights()
+            c.sync()
             t2 = time.perf_counter()
+            totals = episode_totals(episodes)
+            totals = dict(zip(totals, distributed.all_sum(list(totals.values()))))
+            rows, tokens = distributed.all_sum([len(samples), sum(len(s.input_ids) for s in samples)])
             row = {
                 "iteration": it + 1,
                 "kind": "train",
-                **episode_stats(episodes),
-                **c.rollout.timings.as_dict(),
-                **update,
-                **sync_stats(c.policy),
-                "rollout/samples": len(samples),
+                **episode_stats([], totals),
+                **distributed.mean_metrics({**c.rollout.timings.as_dict(), **update, **sync_stats(c.policy)}),
+                "rollout/samples": int(rows),
                 "time/rollout_s": t1 - t0,
                 "time/update_s": t2 - t1,
-                "train/tokens_per_s": sum(len(s.input_ids) for s in samples) / max(t2 - t1, 1e-9),
+                "train/tokens_per_s": tokens / max(t2 - t1, 1e-9),
             }
-            log.write(row)
-            print(console_line(row), flush=True)
+            if log:
+                log.write(row)
+            say(console_line(row), flush=True)
             if (it + 1) % cfg.trainer.eval_every == 0 or it + 1 == cfg.trainer.iterations:
-                log.write(after := evaluate(c, it + 1, cfg.trainer.progress))
+                after = evaluate(c, it + 1, progress)
+                if log:
+                    log.write(after)
             if (it + 1) % cfg.trainer.checkpoint_every == 0 or it + 1 == cfg.trainer.iterations:
-                state = {"learner": c.learner.state_dict(), "sampler_position": it + 1}
-                save_checkpoint(
-                    run_dir, it + 1, c.model, c.tokenizer, state, cfg.trainer.keep_checkpoints, config_dict(cfg)
-                )
+                c.save(cfg, run_dir, it + 1)
     finally:
         c.close()
         if log is not None:
             log.close()
-    print_summary(before, after, [name for name, _, _ in c.panels], run_dir)
+    if place.main:
+        print_summary(before, after, [name for name, _, _ in c.panels], run_dir)
     return {"run_dir": run_dir, "before": before, "after": after}
 
 

@@ -53,6 +53,17 @@ def request_seeds(seed: int | None, count: int) -> list[int | None]:
     return [(seed * 1_000_003 + k) % 2**31 for k in range(count)]
 
 
+PROBE_TEXT = (
+    "You are an agent in a house. Your task is to: put a clean apple in the fridge. Admissible actions: go to "
+    "fridge 1, take apple 1 from countertop 1, open fridge 1, look, inventory. Answer: go to countertop 1."
+)
+
+
+def probe_ids(tokenizer) -> list[int]:
+    """The sync canary's fixed probe: up to 96 token ids of an ALFWorld-like prompt."""
+    return tokenizer(PROBE_TEXT, add_special_tokens=False)["input_ids"][:96]
+
+
 def probe_log_probs(model: torch.nn.Module, probe: list[int], precision: str = "fp32") -> torch.Tensor:
     """log π(probe_t | probe_<t) for t = 1 … len − 1 under `model` in eval mode at temperature 1, in the learner's
     compute precision: the learner's side of a sync canary."""

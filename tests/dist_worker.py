@@ -4,9 +4,12 @@
 
 equal   each rank trains on its share (rows rank::world) of 8 fixed samples: 2 optimizer steps (1 mini-batch, 2
         epochs, so the second step is off-policy); rank 0 writes the full weights and metrics
-uneven  rank 0 has 7 samples, rank 1 one; 2 rows per optimizer step (4 steps vs 1), small micro-batches
+uneven  rank 0 has 7 samples, rank 1 one; 4 rows per optimizer step over both ranks, so 2 per rank (4 steps vs 1),
+        small micro-batches
 nan     rank 1's advantages are NaN: every step must be skipped on both ranks
 lora    as equal, on a model with LoRA adapters (rank 4): only adapters train, sharded with the frozen base
+eval    the trainer's components for experiment=cuebandit (sharded learner, unsharded generation copy): greedy
+        evaluation of the panel split across ranks and gathered; rank 0 writes every game's outcome
 """
 
 from __future__ import annotations
@@ -38,7 +41,27 @@ def samples(count: int, seed: int = 0) -> list[Sample]:
     return out
 
 
+def evaluate_panel(out: Path) -> None:
+    from agentrl.config import load_config
+    from agentrl.evaluation import evaluate_rollout
+    from agentrl.trainer import Components
+
+    place = distributed.init("cpu")
+    torch.manual_seed(0)
+    c = Components(load_config(["experiment=cuebandit", "env.eval_instances=24"]))
+    try:
+        result = evaluate_rollout(c.evaluators[0], c.panels[0][1], seed=10_000)
+    finally:
+        c.close()
+    summary = {"success": result.success, "invalid_rate": result.invalid_rate, "games": result.episodes}
+    (out / f"eval-{place.world}-rank{place.rank}.json").write_text(json.dumps(summary))
+    if place.enabled:
+        torch.distributed.destroy_process_group()
+
+
 def main(scenario: str, out: Path) -> None:
+    if scenario == "eval":
+        return evaluate_panel(out)
     place = distributed.init("cpu")
     torch.manual_seed(0)
     spec = ModelSpec(name="tiny-qwen2", lora=LoraSpec(rank=4) if scenario == "lora" else LoraSpec())
@@ -50,7 +73,7 @@ def main(scenario: str, out: Path) -> None:
         cfg = LearnerConfig(lr=1e-2, mini_batches=1, epochs=2, micro_batch_tokens=48)
         mine = every[place.rank :: place.world]
     elif scenario == "uneven":
-        cfg = LearnerConfig(lr=1e-2, mini_batch_size=2, micro_batch_tokens=24)
+        cfg = LearnerConfig(lr=1e-2, mini_batch_size=4, micro_batch_tokens=24)
         mine = every[:7] if place.rank == 0 else every[7:]
     else:
         cfg = LearnerConfig(lr=1e-2, mini_batches=1, epochs=2)

@@ -27,3 +27,17 @@ def test_benchmark_quick_mode_produces_every_section(tmp_path):
     assert report["rollout"]["episodes"] == 8 and report["rollout"]["generated_tokens"] > 0
     lora = report["lora"]
     assert 0 < lora["lora16_trainable_params"] < lora["full_trainable_params"] == lora["full_total_params"]
+
+
+def test_gpu_section_code_runs_on_cpu_with_a_small_shape():
+    """The GPU section's code path (learner update, generate, report) on the CPU, so it does not rot between the rare
+    sessions that have a GPU; its numbers here mean nothing."""
+    from scripts import benchmark
+
+    shape = dict(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2
+    )
+    report = benchmark.gpu_bench("cpu", {"small": shape})
+    row = report["small"]
+    assert row["update_tokens"] > 0 and row["learner_tokens_per_s"] > 0 and row["generation_tokens_per_s"] > 0
+    assert report["matmul_bf16_gflops"] > 0

@@ -1,5 +1,7 @@
-"""The learner under torchrun + FSDP2 on CPU (gloo): 2 ranks compute the update 1 process computes on the union of
-their samples; uneven shares do not hang; a NaN on one rank skips the step on both (agentrl/distributed.py)."""
+"""torchrun + FSDP2 on CPU (gloo): 2 ranks compute the update 1 process computes on the union of their samples;
+uneven shares do not hang; a NaN on one rank skips the step on both; evaluation split across ranks equals one
+process; a 2-rank training run killed and resumed from its Distributed Checkpoint ends where an uninterrupted one
+does; a bad world size is refused before weights load (agentrl/distributed.py, agentrl/trainer.py)."""
 
 from __future__ import annotations
 
@@ -9,10 +11,20 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from agentrl import distributed
+from agentrl.config import check_world, load_config
+from agentrl.errors import ConfigError
+from agentrl.metrics import read_metrics
+from agentrl.trainer import checkpoints_to_try
+from tests.test_trainer import _stable
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "dist_worker.py"
@@ -85,12 +97,99 @@ def test_a_nan_on_one_rank_skips_the_step_on_every_rank(tmp_path):
         assert rank["skipped_steps"] == 2 and rank["optimizer_steps"] == 0 and rank["moved"] == 0.0
 
 
-def test_the_trainer_under_torchrun_says_what_is_missing_before_loading_anything(tmp_path):
+def test_evaluation_split_across_ranks_equals_one_process(tmp_path):
+    (one,) = _launch("eval", 1, tmp_path)
+    two = _launch("eval", 2, tmp_path)
+    assert len(one["games"]) == 24
+    for rank in two:  # greedy decoding: every game ends the same, and every rank holds the whole panel's result
+        assert rank["games"] == one["games"]
+        assert rank["success"] == one["success"] and rank["invalid_rate"] == one["invalid_rate"]
+    # the games differ (cue types), so the panel order after the gather is checked too
+    assert len({g["task_type"] for g in one["games"]}) == 4
+
+
+def _torchrun(ranks: int, args: list[str], timeout: float = 300, wait: bool = True, script: bool = False):
+    """torchrun … -m agentrl.trainer ARGS, or with `script` the console script: torchrun --no-python agentrl-train."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port())]
-    done = _run(
-        [*cmd, "-m", "agentrl.trainer", "experiment=cuebandit", f"trainer.run_dir={tmp_path / 'run'}"], env, 120
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks)]
+    cmd += ["--master_port", str(_free_port())]
+    cmd += ["--no-python", str(Path(sys.executable).parent / "agentrl-train")] if script else ["-m", "agentrl.trainer"]
+    cmd += args
+    if wait:
+        return _run(cmd, env, timeout)
+    return subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
+
+
+def _failure(done: subprocess.CompletedProcess) -> str:
+    """What a failed torchrun said: the ranks' `error:` lines first (the launcher's traceback buries them)."""
+    errors = [line for line in done.stderr.splitlines() if "error:" in line.lower()]
+    return "\n".join(errors[:20]) + "\n---\n" + done.stdout[-1500:] + "\n---\n" + done.stderr[-3000:]
+
+
+def _cuebandit(run_dir: Path, iterations: int = 6) -> list[str]:
+    return [
+        "experiment=cuebandit",
+        f"trainer.run_dir={run_dir}",
+        f"trainer.iterations={iterations}",
+        "trainer.checkpoint_every=2",
+        "trainer.eval_every=5",
+        "trainer.progress=false",
+    ]
+
+
+def test_two_rank_training_killed_and_resumed_equals_an_uninterrupted_run(tmp_path):
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    done = _torchrun(2, _cuebandit(full))
+    assert done.returncode == 0, _failure(done)
+    assert done.stdout.count("it    1 |") == 1  # console lines come from rank 0 only
+    proc = _torchrun(2, _cuebandit(killed), wait=False)
+    deadline = time.time() + 300
+    while time.time() < deadline:  # kill every rank after the first checkpoint, mid-run
+        rows = (killed / "metrics.jsonl").read_text().splitlines() if (killed / "metrics.jsonl").exists() else []
+        if any(json.loads(r)["iteration"] >= 3 for r in rows):
+            break
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert max(r["iteration"] for r in read_metrics(killed)) < 6, "the run finished before it could be killed"
+    done = _torchrun(2, [*_cuebandit(killed), "trainer.resume=auto"])
+    assert done.returncode == 0, _failure(done)
+    assert "resumed from" in done.stdout
+    a, b = read_metrics(full), read_metrics(killed)
+    train = [r for r in a if r["kind"] == "train"]
+    assert len(train) == 6 and all(r["sync/canary_gap"] < 1e-4 for r in train)  # every rank's copy was refreshed
+    assert [(r["iteration"], r["kind"]) for r in a] == [(r["iteration"], r["kind"]) for r in b]
+    assert _stable(a) == _stable(b)
+    last = "checkpoints/iter-000006"
+    for path in ("model/model.safetensors",):  # rank 0's full-weights export
+        wa, wb = load_file(full / last / path), load_file(killed / last / path)
+        assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert (full / last / "sharded").is_dir() and json.loads((full / last / "ranks.json").read_text()) == {
+        "world_size": 2
+    }
+    # the export is a plain HF model: agentrl-eval and transformers load it
+    model = AutoModelForCausalLM.from_pretrained(full / last / "model")
+    assert sum(p.numel() for p in model.parameters()) > 0
+    # resuming it as one process is refused before any weights load, saying how it was launched
+    with pytest.raises(ConfigError, match=r"written by 2 rank\(s\) and this run has 1: .*--nproc_per_node 2"):
+        checkpoints_to_try(load_config([*_cuebandit(full), "trainer.resume=auto"]), full)
+
+
+def test_a_world_size_that_does_not_divide_the_groups_fails_before_weights_load(tmp_path):
+    started = time.time()
+    done = _torchrun(2, [*_cuebandit(tmp_path / "run"), "rollout.tasks_per_iteration=3"], timeout=120, script=True)
     assert done.returncode != 0
-    assert "launched as 2 processes" in done.stderr and "issue #16" in done.stderr
-    assert not (tmp_path / "run").exists()  # refused before the run directory was made
+    assert "rollout.tasks_per_iteration=3 does not divide among the 2 ranks" in done.stderr
+    assert "rollout.tasks_per_iteration=4" in done.stderr  # the fix, spelled out
+    assert not (tmp_path / "run").exists()  # refused before the run directory (or any weights) was made
+    assert time.time() - started < 120
+
+
+def test_check_world_accepts_a_divisible_world_and_one_process():
+    cfg = load_config(["experiment=cuebandit"])  # 8 tasks per iteration
+    assert check_world(cfg, distributed.Dist(rank=0, world=4)) == []
+    assert check_world(cfg, distributed.Dist()) == []
+    problems = check_world(cfg, distributed.Dist(rank=1, world=3))
+    assert len(problems) == 1 and "rollout.tasks_per_iteration=9" in problems[0]

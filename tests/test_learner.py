@@ -180,3 +180,24 @@ def test_update_progress_counts_every_micro_batch_of_every_pass(monkeypatch):
     (bar,) = bars
     assert bar.n == bar.total > 2 * 2  # more ticks than optimizer steps: micro-batches of all three passes
     assert {"old log-probs", "ref log-probs", "update step 1/2", "update step 2/2"} <= bar.descs
+
+
+def test_activation_checkpointing_gives_the_same_update():
+    """learner.activation_checkpointing recomputes activations in backward: same loss, gradient and weights."""
+    model, tok = make_tiny()
+    other = copy.deepcopy(model)
+    samples = random_samples(8, len(tok), seed=3)
+    plain = Learner(model, LearnerConfig(lr=1e-2, mini_batches=2, micro_batch_tokens=64))
+    ckpt = Learner(other, LearnerConfig(lr=1e-2, mini_batches=2, micro_batch_tokens=64, activation_checkpointing=True))
+    calls = {"plain": 0, "ckpt": 0}
+    for key, m in (("plain", model), ("ckpt", other)):
+        m.model.layers[0].self_attn.register_forward_pre_hook(
+            lambda *_, key=key: calls.__setitem__(key, calls[key] + 1)
+        )
+    a, b = plain.update(samples, p=0.5), ckpt.update(samples, p=0.5)
+    assert calls["ckpt"] > calls["plain"]  # the layer re-entered attention in backward: checkpointing
+    assert a["train/loss"] == pytest.approx(b["train/loss"], rel=1e-6, abs=1e-8)
+    assert a["train/grad_norm"] == pytest.approx(b["train/grad_norm"], rel=1e-5)
+    for (name, p), q in zip(model.named_parameters(), other.parameters()):
+        assert torch.allclose(p, q, atol=1e-6), name
+    assert max(float((p - q).abs().max()) for p, q in zip(model.parameters(), make_tiny()[0].parameters())) > 1e-3

@@ -58,6 +58,24 @@ def test_a_second_run_in_a_locked_directory_is_refused_and_a_stale_lock_is_taken
     assert not (tmp_path / ".lock").exists()
 
 
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="zombie detection reads /proc (Linux)")
+def test_a_lock_held_by_a_killed_but_unreaped_process_is_stale(tmp_path):
+    """A torchrun rank killed together with its launcher stays a zombie until init reaps it; its lock is stale."""
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.time() + 30
+    while time.time() < deadline:  # exited, not reaped: Popen has not waited for it
+        stat = Path(f"/proc/{zombie.pid}/stat").read_text()
+        if stat.rsplit(")", 1)[1].split()[0] == "Z":
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError("the child did not exit")
+    (tmp_path / ".lock").write_text(json.dumps({"pid": zombie.pid, "host": os.uname().nodename}))
+    with pytest.warns(UserWarning, match="stale lock"):
+        RunLock(tmp_path).acquire()
+    zombie.wait()
+
+
 def test_a_fresh_run_never_destroys_an_existing_one(tmp_path):
     trainer_module.train(_cfg(tmp_path))
     before = {p.name for p in list_checkpoints(tmp_path)}
