@@ -3,7 +3,8 @@ rename), last K kept, every file covered by a SHA-256 manifest written last.
 
 run_dir/checkpoints/iter-000010/{model/, trainer_state.pt, config.json, checksums.json}
   under torchrun also: sharded/ (Distributed Checkpoint: sharded weights + optimizer), trainer_state.rank<r>.pt
-  (each rank's RNGs), ranks.json (the world size it resumes with); model/ is then rank 0's full-weights export
+  for ranks r ≥ 1 (each rank's RNGs; rank 0's are in trainer_state.pt), ranks.json (the world size it resumes
+  with); model/ is then rank 0's full-weights export
 
 Loading verifies the manifest before anything is read, and reads the trainer state with weights_only=True: a
 checkpoint received from someone else can hold tensors and plain values, never code to run.
@@ -91,7 +92,7 @@ def save_checkpoint(
     `keep` (never a checkpoint newer than this one: those belong to another run and are not ours to delete).
 
     Under torchrun (`sharded`: the state from `sharded_state`), every rank calls this: the sharded model and optimizer
-    go to `sharded/` with Distributed Checkpoint, each rank's own state (RNGs) to `trainer_state.rank<r>.pt`, and
+    go to `sharded/` with Distributed Checkpoint, each rank's own state (RNGs) to its `state_file`, and
     rank 0 writes the full weights in `model/` (from `model`, the rank's unsharded copy: an HF export for agentrl-eval
     and sharing), the config, `ranks.json`, then the manifest of every file last, and renames the folder."""
     place = distributed.current()
@@ -104,12 +105,11 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
     distributed.barrier()
-    state = {**trainer_state, "iteration": iteration, "rng": rng_state()}
+    torch.save({**trainer_state, "iteration": iteration, "rng": rng_state()}, tmp / state_file(place.rank))
     if sharded is not None:
         import torch.distributed.checkpoint as dcp
 
         dcp.save(sharded, checkpoint_id=tmp / SHARDED)
-        torch.save(state, tmp / f"trainer_state.rank{place.rank}.pt")
     if place.main:
         if has_adapters(model):  # LoRA: the adapter alone (small), with the base model's spec to rebuild it
             base = dict((config or {}).get("model", {}))
@@ -118,7 +118,6 @@ def save_checkpoint(
         else:
             model.save_pretrained(tmp / "model")
             tokenizer.save_pretrained(tmp / "model")
-        torch.save(state, tmp / "trainer_state.pt")
         (tmp / "config.json").write_text(json.dumps(config or {}, indent=1, default=str))
         if sharded is not None:
             (tmp / RANKS).write_text(json.dumps({"world_size": place.world}))
@@ -132,6 +131,11 @@ def save_checkpoint(
             shutil.rmtree(old, ignore_errors=True)
     distributed.barrier()
     return final
+
+
+def state_file(rank: int) -> str:
+    """The trainer state's file: rank 0's (or the one process's) is trainer_state.pt, every other rank has its own."""
+    return "trainer_state.pt" if rank == 0 else f"trainer_state.rank{rank}.pt"
 
 
 def sharded_state(model, optimizer) -> dict[str, Any]:
@@ -196,24 +200,20 @@ def load_checkpoint(path: Path, model, optimizer=None) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM
 
     place = distributed.current()
-    sharded = (path / SHARDED).exists()
-    if sharded != place.enabled or checkpoint_world_size(path) != place.world:
-        raise CorruptCheckpoint(
-            f"{path} was written by {checkpoint_world_size(path)} process(es) and this run has {place.world}: "
-            "resume it with the same number of ranks"
-        )
+    saved = checkpoint_world_size(path)
+    if saved != place.world:  # (the trainer refuses this before loading weights: checkpoints_to_try)
+        raise CorruptCheckpoint(f"{path} was written by {saved} rank(s) and this run has {place.world}")
     try:
-        if sharded:
+        # weights_only: a checkpoint from elsewhere can hold tensors and plain values, never code to run
+        state = torch.load(path / state_file(place.rank), weights_only=True)
+        if place.enabled:
             import torch.distributed.checkpoint as dcp
             from torch.distributed.checkpoint.state_dict import set_state_dict
 
-            state = torch.load(path / f"trainer_state.rank{place.rank}.pt", weights_only=True)
             target = sharded_state(model, optimizer)
             dcp.load(target, checkpoint_id=path / SHARDED)
             set_state_dict(model, optimizer, model_state_dict=target["model"], optim_state_dict=target["optimizer"])
         else:
-            # weights_only: a checkpoint from elsewhere can hold tensors and plain values, never code to run
-            state = torch.load(path / "trainer_state.pt", weights_only=True)
             if read_adapter_folder(path / "model") is not None:
                 load_adapter(model, path / "model")
             else:

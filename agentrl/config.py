@@ -265,12 +265,11 @@ def check_world(cfg: Config, place: distributed.Dist, *, resources: bool = True)
         )
     local = int(os.environ.get("LOCAL_WORLD_SIZE", place.world))
     on_gpu = cfg.model.device.startswith("cuda") or (cfg.model.device == "auto" and torch.cuda.is_available())
-    if resources and on_gpu:
-        if torch.cuda.device_count() < local:
-            problems.append(
-                f"torchrun started {local} processes on this node and it has {torch.cuda.device_count()} GPU(s): "
-                f"use --nproc_per_node {torch.cuda.device_count()} (one rank per GPU)"
-            )
+    if resources and on_gpu and torch.cuda.device_count() < local:
+        problems.append(
+            f"torchrun started {local} processes on this node and it has {torch.cuda.device_count()} GPU(s): "
+            f"use --nproc_per_node {torch.cuda.device_count()} (one rank per GPU)"
+        )
     return problems
 
 

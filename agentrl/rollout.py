@@ -339,7 +339,7 @@ class RolloutManager:
 
 
 def episode_totals(episodes: list[Episode]) -> dict[str, float]:
-    """The sums episode_stats divides (several ranks add theirs up before dividing)."""
+    """The sums the rollout rates are made of (several ranks add theirs up before dividing: stats_from_totals)."""
     return {
         "episodes": float(len(episodes)),
         "won": float(sum(e.won for e in episodes)),
@@ -351,9 +351,13 @@ def episode_totals(episodes: list[Episode]) -> dict[str, float]:
     }
 
 
-def episode_stats(episodes: list[Episode], totals: dict[str, float] | None = None) -> dict[str, float]:
-    """Success rate, mean return, invalid-action rate, turns, truncations (from `totals` when given)."""
-    t = totals or episode_totals(episodes)
+def episode_stats(episodes: list[Episode]) -> dict[str, float]:
+    """Success rate, mean return, invalid-action rate, turns, truncations."""
+    return stats_from_totals(episode_totals(episodes))
+
+
+def stats_from_totals(t: dict[str, float]) -> dict[str, float]:
+    """episode_stats from episode_totals' sums (of one rank's episodes, or added up over ranks)."""
     n, turns = max(t["episodes"], 1.0), max(t["turns"], 1.0)
     return {
         "rollout/success": t["won"] / n,

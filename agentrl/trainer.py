@@ -44,7 +44,7 @@ from agentrl.evaluation import evaluate_rollout, panel_for
 from agentrl.learner import Learner
 from agentrl.metrics import MetricsLog
 from agentrl.policies.vllm import VllmSpec
-from agentrl.rollout import RolloutConfig, RolloutManager, Task, episode_stats, episode_totals
+from agentrl.rollout import RolloutConfig, RolloutManager, Task, episode_totals, stats_from_totals
 from agentrl.rundir import RunLock, default_run_dir, point_latest, prepare_run_dir
 from agentrl.samples import build_samples
 
@@ -102,7 +102,6 @@ class Components:
         # unsharded copy, refreshed from the shards after every update (ranks generate different lengths, so
         # generating with the sharded model, whose every forward is a collective, would hang)
         self.generation_model: torch.nn.Module | None = None
-        self.cfg_backend = cfg.model.backend
         if distributed.current().enabled:
             self.generation_model = copy.deepcopy(self.model).eval()
             distributed.shard_model(self.model, precision=cfg.model.dtype)
@@ -141,13 +140,6 @@ class Components:
             for pool in eval_pools
         ]
 
-    def sync(self) -> None:
-        """After an update or a resume: the generation backend gets the learner's weights (under torchrun through
-        the rank's unsharded copy: the transformers backend copies into it itself, the vLLM engine reads from it)."""
-        if self.generation_model is not None and self.cfg_backend == "vllm":
-            distributed.copy_trainable(self.model, self.generation_model)
-        self.policy.sync_weights()
-
     def save(self, cfg: Config, run_dir: Path, iteration: int) -> None:
         """Checkpoint after `iteration`: HF weights, or under torchrun a Distributed Checkpoint of the shards plus
         rank 0's full-weights export (from the generation copy, already up to date)."""
@@ -184,12 +176,12 @@ def make_policy(
     source: torch.nn.Module | None = None,
 ):
     """The generation backend named by model.backend over `model` (the trainer's and agentrl-eval's); `source`:
-    the learner's model when `model` is a separate copy that the transformers backend refreshes from it."""
+    the learner's model when `model` is a separate copy that every sync refreshes from it."""
     if backend == "vllm":
         from agentrl.policies.vllm import VLLMPolicy
 
         length = vllm.max_model_len or rollout.max_prompt_tokens + rollout.max_new_tokens
-        return VLLMPolicy(model, tokenizer, vllm, max_model_len=length, seed=seed, precision=precision)
+        return VLLMPolicy(model, tokenizer, vllm, max_model_len=length, seed=seed, precision=precision, source=source)
     from agentrl.policies.hf import HFPolicy
 
     return HFPolicy(model, tokenizer, batch_size=batch_size, precision=precision, source=source)
@@ -288,7 +280,7 @@ def resume(c: Components, candidates: list[tuple[Path, dict[str, Any]]]) -> int:
             warnings.warn(f"skipping a checkpoint that does not load: {err}", stacklevel=2)
             continue
         c.learner.load_state_dict(state["learner"])
-        c.sync()
+        c.policy.sync_weights()
         say(f"resumed from {path} after iteration {state['iteration']}")
         return int(state["iteration"])
     if candidates:
@@ -421,7 +413,7 @@ def _train(cfg: Config, run_dir: Path, candidates: list[tuple[Path, dict[str, An
             else:
                 update = {"train/p": p, "train/skipped_steps": float(c.learner.skipped_steps)}
             check_finite_weights(c.model, it + 1, cfg, run_dir)
-            c.sync()
+            c.policy.sync_weights()
             t2 = time.perf_counter()
             totals = episode_totals(episodes)
             totals = dict(zip(totals, distributed.all_sum(list(totals.values()))))
@@ -429,7 +421,7 @@ def _train(cfg: Config, run_dir: Path, candidates: list[tuple[Path, dict[str, An
             row = {
                 "iteration": it + 1,
                 "kind": "train",
-                **episode_stats([], totals),
+                **stats_from_totals(totals),
                 **distributed.mean_metrics({**c.rollout.timings.as_dict(), **update, **sync_stats(c.policy)}),
                 "rollout/samples": int(rows),
                 "time/rollout_s": t1 - t0,

@@ -35,6 +35,7 @@ class HFPolicy:
         self.eos_id = tokenizer.eos_token_id
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
         self.last_canary: float | None = None  # the canary gap after the latest sync (separate copies only)
+        self.probe = probe_ids(tokenizer) if source is not None and source is not model else None
 
     @torch.no_grad()
     def sync_weights(self) -> None:
@@ -46,7 +47,7 @@ class HFPolicy:
 
         copy_trainable(self.source, self.model)
         # bf16 compute: the sharded learner's mixed precision and the copy's autocast round differently
-        self.last_canary = self.check_sync(probe_ids(self.tokenizer), 1e-4 if self.precision == "fp32" else 0.1)
+        self.last_canary = self.check_sync(self.probe, 1e-4 if self.precision == "fp32" else 0.1)
 
     @torch.no_grad()
     def check_sync(self, probe: list[int], atol: float = 1e-5) -> float:

@@ -94,7 +94,8 @@ def engine_dtype(spec: VllmSpec, precision: str) -> str:
 
 class VLLMPolicy:
     """The `Policy` protocol over an in-process vLLM engine; `learner_model` is the learner's model (the source of
-    every sync and the other side of the canary)."""
+    every sync and the other side of the canary), or with `source` a copy of it that each sync first refreshes
+    from `source` (under torchrun: the rank's unsharded copy of the FSDP2-sharded learner)."""
 
     def __init__(
         self,
@@ -105,6 +106,7 @@ class VLLMPolicy:
         max_model_len: int,
         seed: int = 0,
         precision: str = "fp32",
+        source: torch.nn.Module | None = None,
     ):
         """The engine is built from the learner model's config and the tokenizer (written to a temporary folder)
         with dummy weights, which the first sync replaces: the engine runs whatever the learner holds (a resumed
@@ -116,6 +118,7 @@ class VLLMPolicy:
             raise ConfigError(problem)
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         self.model, self.tokenizer, self.spec, self.precision = learner_model, tokenizer, spec, precision
+        self.source = source
         self.device = next(learner_model.parameters()).device
         self.on_gpu = self.device.type == "cuda"
         if not self.on_gpu and spec.kv_cache_gb > 0:
@@ -231,6 +234,10 @@ class VLLMPolicy:
     def sync_weights(self) -> None:
         """Stream the learner's weights into the engine, reset the prefix cache, bump the version, run the canary."""
         started = time.perf_counter()
+        if self.source is not None and self.source is not self.model:
+            from agentrl.distributed import copy_trainable
+
+            copy_trainable(self.source, self.model)
         self.wake()
         self.llm.collective_rpc(
             "reload_weights", kwargs={"weights_iterator": merged_state(self.model), "is_checkpoint_format": True}
