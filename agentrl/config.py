@@ -86,6 +86,9 @@ class TrainerConfig:
     keep_checkpoints: int = 2
     eval_every: int = 5
     eval_before: bool = True
+    # > 0: after training, also play a random-admissible agent on every panel with this many seeds (the summary's
+    # "random" column: what luck alone wins in eval_max_turns)
+    random_baseline_seeds: int = 0
     resume: str = "never"  # never | auto | path to a checkpoint folder
     tensorboard: bool = False
     wandb: bool = False

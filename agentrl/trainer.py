@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
+import math
 import random
+import statistics
 import sys
 import time
 import warnings
@@ -210,12 +213,14 @@ def make_probe(env_id: str, kwargs: dict[str, Any]):
         raise ConfigError(f"env {env_id} with kwargs {kwargs}: {err}") from None
 
 
-def evaluate(c: Components, iteration: int, progress: bool = False) -> dict[str, Any]:
-    """One episode per panel game on every eval set; `eval/<set>/…` metrics."""
+def evaluate(c: Components, iteration: int, progress: bool = False) -> tuple[dict[str, Any], dict[str, list]]:
+    """One episode per panel game on every eval set: (`eval/<set>/…` metrics, {set: per-game outcomes})."""
     started = time.perf_counter()
     row: dict[str, Any] = {"iteration": iteration, "kind": "eval"}
+    games: dict[str, list] = {}
     for (name, panel, digest), evaluator in zip(c.panels, c.evaluators):
         result = evaluate_rollout(evaluator, panel, seed=10_000 + iteration, progress=progress)
+        games[name] = result.episodes
         row.update(
             {
                 f"eval/{name}/success": result.success,
@@ -229,7 +234,22 @@ def evaluate(c: Components, iteration: int, progress: bool = False) -> dict[str,
             f"(panel {digest})"
         )
     row["time/eval_s"] = time.perf_counter() - started
-    return row
+    return row, games
+
+
+def random_baseline(cfg: Config, panels: list[tuple[str, list[int], str]]) -> dict[str, list[float]]:
+    """A random-admissible agent on every panel (in this process, eval turn limit): {set: success per seed}."""
+    from agentrl.envs.agents import RandomAdmissibleAgent, run_panel
+
+    out = {}
+    for eval_set, (name, panel, _) in zip(cfg.env.eval_sets, panels):
+        env = make_probe(cfg.env.id, {**cfg.env.kwargs, **eval_set.kwargs})
+        seeds = range(cfg.trainer.random_baseline_seeds)
+        out[name] = [
+            run_panel(env, RandomAdmissibleAgent(seed=s), panel, cfg.rollout.eval_max_turns).success for s in seeds
+        ]
+        env.close()
+    return out
 
 
 def checkpoints_to_try(cfg: Config, run_dir: Path) -> list[tuple[Path, dict[str, Any]]]:
@@ -394,10 +414,12 @@ def _train(cfg: Config, run_dir: Path, candidates: list[tuple[Path, dict[str, An
                 resume_after=start,
             )
         before = after = None
+        games: dict[str, dict[str, list]] = {}  # "before" / "after": per-game outcomes, for the paired comparison
         if start == 0 and cfg.trainer.eval_before:
-            before = evaluate(c, 0, progress)
+            before, games["before"] = evaluate(c, 0, progress)
             if log:
                 log.write(before)
+                save_games(run_dir, 0, games["before"])
         for it in range(start, cfg.trainer.iterations):
             t0 = time.perf_counter()
             # whole groups per rank; each rank samples with its own seed (rank 0's is the one process's)
@@ -432,9 +454,10 @@ def _train(cfg: Config, run_dir: Path, candidates: list[tuple[Path, dict[str, An
                 log.write(row)
             say(console_line(row), flush=True)
             if (it + 1) % cfg.trainer.eval_every == 0 or it + 1 == cfg.trainer.iterations:
-                after = evaluate(c, it + 1, progress)
+                after, games["after"] = evaluate(c, it + 1, progress)
                 if log:
                     log.write(after)
+                    save_games(run_dir, it + 1, games["after"])
             if (it + 1) % cfg.trainer.checkpoint_every == 0 or it + 1 == cfg.trainer.iterations:
                 c.save(cfg, run_dir, it + 1)
     finally:
@@ -442,8 +465,28 @@ def _train(cfg: Config, run_dir: Path, candidates: list[tuple[Path, dict[str, An
         if log is not None:
             log.close()
     if place.main:
-        print_summary(before, after, [name for name, _, _ in c.panels], run_dir)
+        luck = random_baseline(cfg, c.panels) if cfg.trainer.random_baseline_seeds > 0 else {}
+        print_summary(before, after, [name for name, _, _ in c.panels], run_dir, games, luck)
     return {"run_dir": run_dir, "before": before, "after": after}
+
+
+def save_games(run_dir: Path, iteration: int, games: dict[str, list]) -> None:
+    """Per-game evaluation outcomes, eval/iter-<N>.json: what a paired comparison of two evaluations reads."""
+    folder = run_dir / "eval"
+    folder.mkdir(exist_ok=True)
+    (folder / f"iter-{iteration:06d}.json").write_text(json.dumps(games, indent=1))
+
+
+def paired_difference(before: list[dict], after: list[dict]) -> tuple[float, float, int]:
+    """(mean after−before success, its standard error, games) over the games both evaluations played: a paired
+    comparison on the same panel, se = sample std of the per-game differences / √n."""
+    won = {g["instance"]: float(g["won"]) for g in before}
+    diffs = [float(g["won"]) - won[g["instance"]] for g in after if g["instance"] in won]
+    n = len(diffs)
+    if n < 2:
+        return (diffs[0] if diffs else 0.0), float("nan"), n
+    mean = sum(diffs) / n
+    return mean, math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1) / n), n
 
 
 def config_yaml(cfg: Config) -> str:
@@ -453,9 +496,16 @@ def config_yaml(cfg: Config) -> str:
 
 
 def print_summary(
-    before: dict[str, Any] | None, after: dict[str, Any] | None, eval_sets: list[str], run_dir: Path
+    before: dict[str, Any] | None,
+    after: dict[str, Any] | None,
+    eval_sets: list[str],
+    run_dir: Path,
+    games: dict[str, dict[str, list]] | None = None,
+    luck: dict[str, list[float]] | None = None,
 ) -> None:
-    """Before/after success per task type, one table per eval set."""
+    """Before/after success per task type, one table per eval set (and a random-admissible column when measured),
+    then the invalid-reply rates and the paired after−before difference with its standard error."""
+    games, luck = games or {}, luck or {}
     for name in eval_sets:
         prefix = f"eval/{name}/success"
         columns = {}
@@ -466,7 +516,21 @@ def print_summary(
                 if k == prefix or k.startswith(prefix + "/")
             }
             columns[label] = {t: f"{100 * v:.1f}%" for t, v in cells.items()}
+        if name in luck:
+            columns[f"random ({len(luck[name])} seeds)"] = {"All": f"{100 * statistics.fmean(luck[name]):.1f}%"}
         print(f"\n{name}:\n" + success_table(columns))
+        rates = [
+            f"{label} {100 * row[f'eval/{name}/invalid_rate']:.1f}%"
+            for label, row in (("before", before), ("after", after))
+            if row
+        ]
+        print("invalid-reply rate: " + ", ".join(rates))
+        if name in games.get("before", {}) and name in games.get("after", {}):
+            diff, se, n = paired_difference(games["before"][name], games["after"][name])
+            print(
+                f"after - before: {100 * diff:+.1f} points ± {100 * se:.1f} (standard error of the paired per-game "
+                f"difference, {n} games): {diff / se if se > 0 else float('inf'):.1f} standard errors"
+            )
     print(f"\nrun directory: {run_dir.resolve()}")
 
 

@@ -153,6 +153,37 @@ class AgentPromptFormat:
 
 
 @dataclass
+class TersePromptFormat(AgentPromptFormat):
+    """A short prompt for small models on CPUs, where prompt tokens are the cost (the agent protocol's boilerplate
+    and quoted action list are ~150 tokens a turn): the task, the last `window` actions with what followed each,
+    the current observation, and the admissible actions on one line. Replies as AgentPromptFormat (the action tag
+    alone by default). Not the reference's wording; the quickstart uses it (env.prompt_format=...:TersePromptFormat).
+    """
+
+    reasoning: bool = False
+    lenient: bool = True  # free-text replies (without rollout.constrained_actions) may name the action untagged
+    list_actions: bool = True  # False: no action list (with rollout.constrained_actions the sampler still knows them)
+    system: str = ""  # a system message ("": none, the chat template's default)
+
+    def render(
+        self, task: str, history: list[HistoryItem], observation: str, admissible: list[str] | None, *, window: int
+    ) -> list[dict[str, str]]:
+        def strip(text: str) -> str:  # ALFWorld's first observation repeats the task
+            return text.replace(f"Your task is to: {task}.", "").replace(f"Your task is to: {task}", "").strip()
+
+        lines = [f"Task: {task}." if task else "", f"Step {len(history) + 1}."]
+        for h in history[-window:] if window > 0 else []:  # a transcript: what was seen, then "> what was done"
+            lines.append(f"{strip(h.observation)}\n> {h.action}")
+        lines.append(strip(observation))
+        actions = [a for a in admissible or [] if a != "help"]
+        if self.list_actions and actions:
+            lines.append("Actions: " + "; ".join(actions))
+        lines.append("Reply <action>one action</action>." if not self.reasoning else REASONING_INSTRUCTION)
+        user = {"role": "user", "content": "\n".join(line for line in lines if line)}
+        return [{"role": "system", "content": self.system}, user] if self.system else [user]
+
+
+@dataclass
 class AnswerPromptFormat:
     """Single-turn question answering (math), oat's qwen_math template: the instruction is the system turn and the
     bare question the user turn. The whole reply is the action; the env grades it."""

@@ -36,6 +36,9 @@ class LoraSpec:
     alpha: float = 32.0  # the adapter's output is scaled by alpha / rank
     dropout: float = 0.0  # > 0 makes the learner's log-probs noisy (dropout is active in training forwards)
     target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
+    # decoder layers that get adapters (PEFT's layers_to_transform; negative counts from the top); empty: all. Only
+    # top layers: backward stops below the lowest adapted layer (much cheaper updates on CPUs)
+    layers: list[int] = field(default_factory=list)
 
     @property
     def enabled(self) -> bool:
@@ -56,6 +59,13 @@ def check_lora_spec(spec: LoraSpec, linear_names: list[str] | None) -> list[str]
         problems.append(f"model.lora.dropout must be in [0, 1), got {spec.dropout}")
     if not spec.target_modules:
         problems.append("model.lora.target_modules is empty; e.g. model.lora.target_modules=[q_proj,v_proj]")
+    if linear_names is not None and spec.layers:
+        count = len({n.split(".layers.")[1].split(".")[0] for n in linear_names if ".layers." in n})
+        outside = [i for i in spec.layers if not -count <= i < count]
+        if outside:
+            problems.append(
+                f"model.lora.layers {outside} are outside this model's {count} decoder layers (-{count}..{count - 1})"
+            )
     if linear_names is not None:
         leaves = sorted({n.rsplit(".", 1)[-1] for n in linear_names})
         missing = [t for t in spec.target_modules if t not in leaves]
@@ -76,10 +86,17 @@ def apply_lora(model: torch.nn.Module, spec: LoraSpec) -> torch.nn.Module:
         lora_alpha=spec.alpha,
         lora_dropout=spec.dropout,
         target_modules=list(spec.target_modules),
+        layers_to_transform=decoder_layers(model, spec.layers) or None,
         bias="none",
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, config).get_base_model()  # the same object, now holding the adapters
+
+
+def decoder_layers(model: torch.nn.Module, layers: list[int]) -> list[int]:
+    """`model.lora.layers` as sorted non-negative indices (negative ones count from the top)."""
+    count = model.config.num_hidden_layers
+    return sorted({i % count for i in layers})
 
 
 def _tuner_layers(model: torch.nn.Module) -> list[Any]:

@@ -36,6 +36,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -381,7 +382,7 @@ def bench_rollout(model, tok, quick: bool) -> dict[str, Any]:
 
 
 def bench_vllm(model, tok, quick: bool) -> dict[str, Any]:
-    """The quickstart's rollout (its rollout settings and prompt options, ALFWorld games, one iteration's tasks)
+    """The quickstart's rollout sizes (free-text replies in the agent protocol's prompt, ALFWorld games, one iteration's tasks)
     with the transformers backend and with the vLLM backend, alternately in this process on the same model; then
     the vLLM weight sync (stream + prefix-cache reset) and the canary. Needs .venv-vllm (make setup-vllm) with the
     alfworld extra."""
@@ -393,8 +394,9 @@ def bench_vllm(model, tok, quick: bool) -> dict[str, Any]:
     from agentrl.rollout import RolloutManager, Task
 
     cfg = load_config(["experiment=quickstart"])
-    rollout = cfg.rollout
-    fmt = envs.make_prompt_format(cfg.env.id, None, **cfg.env.prompt.as_kwargs())
+    # free-text replies at temperature 1 in the agent protocol's prompt (constrained decoding is transformers-only)
+    rollout = replace(cfg.rollout, constrained_actions=False, temperature=1.0)
+    fmt = envs.make_prompt_format(cfg.env.id, None, reasoning=False, lenient=True)
     factory = alfworld_factory(max_episode_steps=rollout.max_turns)
     started = time.perf_counter()
     engine = VLLMPolicy(

@@ -70,6 +70,19 @@ def test_check_env_and_official_wording(alfworld_games):
     assert info["instance"] == env.unwrapped.instance_name(0) and info["walkthrough"]
 
 
+def test_hidden_actions_are_not_listed_but_still_run(alfworld_games):
+    kwargs = {"data_path": str(alfworld_games), "split": "train"}
+    full = envs.make_env("agentrl/ALFWorld-v0", **kwargs)
+    hidden = envs.make_env("agentrl/ALFWorld-v0", **kwargs, hide_actions=["look", "inventory", "examine"])
+    (_, shown), (_, kept) = full.reset(options={"instance": 0}), hidden.reset(options={"instance": 0})
+    assert "look" in shown["admissible_actions"] and "inventory" in shown["admissible_actions"]
+    assert kept["admissible_actions"] == [
+        a for a in shown["admissible_actions"] if a.split()[0] not in ("look", "inventory", "examine")
+    ]
+    assert kept["admissible_actions"] and all(a.startswith("go to ") for a in kept["admissible_actions"])
+    assert hidden.step("look")[0] == full.step("look")[0] != "Nothing happens."  # typed anyway, it runs
+
+
 @pytest.mark.parametrize(
     "action", ["", "fly to the moon", "x" * 100_000, "\ud800 bad", "<action>look</action>", "go to"]
 )

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from agentrl import envs
 from agentrl.envs.agents import OracleAgent, RandomAdmissibleAgent, run_panel
-from agentrl.envs.prompting import AgentPromptFormat, HistoryItem
+from agentrl.envs.prompting import AgentPromptFormat, HistoryItem, TersePromptFormat
 from agentrl.envs.textworld_env import zmachine_safe
 from agentrl.errors import ConfigError
 
@@ -177,6 +177,27 @@ def test_lenient_parsing_and_action_only_instruction():
     assert lenient.parse("<action>look</action>", admissible) == ("look", True)
     text = lenient.render("t", [], "obs", admissible, window=1)[-1]["content"]
     assert "<think>" not in text and "<action>go to bed 1</action>" in text
+
+
+def test_terse_prompt_is_a_short_transcript():
+    fmt = TersePromptFormat()
+    first = "You are in the middle of a room. You see a desk 1.\n\nYour task is to: put some pen on desk."
+    history = [HistoryItem(first, "go to desk 1"), HistoryItem("On the desk 1, you see a pen 1.", "look")]
+    admissible = ["take pen 1 from desk 1", "look", "help"]
+    (user,) = [
+        m["content"] for m in fmt.render("put some pen on desk", history, "Nothing happens.", admissible, window=1)
+    ]
+    assert user.count("put some pen on desk") == 1 and "middle of a room" not in user  # the window: 1 item
+    assert "On the desk 1, you see a pen 1.\n> look\nNothing happens." in user and "Step 3." in user
+    assert "Actions: take pen 1 from desk 1; look\n" in user and "help" not in user
+    (opening,) = fmt.render("put some pen on desk", [], first, admissible, window=1)
+    assert opening["content"].count("put some pen on desk") == 1  # the task is not repeated from the observation
+    assert (
+        "Actions"
+        not in TersePromptFormat(list_actions=False).render("t", [], "obs", admissible, window=1)[0]["content"]
+    )
+    assert fmt.constrained_reply("look") == "<action>look</action>"
+    assert fmt.parse("<action>look</action>", admissible) == ("look", True)
 
 
 def test_math_task_file_formats_and_field_errors(tmp_path):

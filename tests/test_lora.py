@@ -150,3 +150,20 @@ def test_cuebandit_learns_with_lora(tmp_path):
     assert sum(r["rollout/invalid_rate"] for r in rows[:10]) / 10 > 0.9
     assert sum(r["rollout/invalid_rate"] for r in rows[-10:]) / 10 < 0.05
     assert result["after"]["eval/panel/success"] >= 0.25, result["after"]
+
+
+def test_adapters_on_top_layers_only_cut_backward_below_them():
+    """model.lora.layers=[-1]: adapters in the last decoder layer only, so no gradient reaches the layers below
+    (the cheap CPU update the quickstart relies on); out-of-range layers are refused before weights load."""
+    model, tok = load_model(ModelSpec(name="tiny-qwen2", seed=0, lora=LoraSpec(rank=4, alpha=8.0, layers=[-1])))
+    top = model.config.num_hidden_layers - 1
+    adapted = {n.split(".layers.")[1].split(".")[0] for n in adapter_state(model)}
+    assert adapted == {str(top)}
+    entered: list[int] = []
+    for i, layer in enumerate(model.model.layers):
+        layer.mlp.register_full_backward_pre_hook(lambda *_, i=i: entered.append(i))
+    Learner(model, LearnerConfig(lr=1e-2, mini_batches=1), AlgoConfig()).update(random_samples(4, len(tok)), p=0.0)
+    assert entered and set(entered) == {top}  # backward ran through the adapted layer and stopped there
+    cfg = load_config(["model.name=tiny-qwen2", "model.lora.rank=4", "model.lora.layers=[0,99]"])
+    with pytest.raises(ConfigError, match=r"model.lora.layers \[99\] are outside"):
+        validate_config(cfg)

@@ -23,16 +23,35 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("algo", ["holderpo", "grpo"])
-def test_tiny_model_learns_cuebandit_from_scratch(algo, tmp_path):
-    cfg = load_config(["experiment=cuebandit", f"algo={algo}", f"trainer.run_dir={tmp_path}"])
+def test_tiny_model_learns_cuebandit_from_scratch(algo, tmp_path, capsys):
+    cfg = load_config(
+        ["experiment=cuebandit", f"algo={algo}", f"trainer.run_dir={tmp_path}", "trainer.random_baseline_seeds=2"]
+    )
     result = trainer_module.train(cfg)
     assert result["before"]["eval/panel/success"] <= 0.3
     assert result["after"]["eval/panel/success"] >= 0.9, result["after"]
+    summary = capsys.readouterr().out  # the before/after table with luck's column and the paired difference
+    assert "| random (2 seeds) |" in summary and "invalid-reply rate: before" in summary
+    before = json.loads((tmp_path / "eval" / "iter-000000.json").read_text())["panel"]
+    after = json.loads((tmp_path / "eval" / f"iter-{cfg.trainer.iterations:06d}.json").read_text())["panel"]
+    diff, se, n = trainer_module.paired_difference(before, after)
+    assert n == cfg.env.eval_instances and diff == pytest.approx(
+        result["after"]["eval/panel/success"] - result["before"]["eval/panel/success"]
+    )
+    assert f"after - before: {100 * diff:+.1f} points ± {100 * se:.1f}" in summary
     rows = read_metrics(tmp_path)
     train_rows = [r for r in rows if r["kind"] == "train"]
     assert len(train_rows) == cfg.trainer.iterations
     if algo == "holderpo":  # p annealed 1 → −1 over the run: step 1 of 250 first, exactly p_end last
         assert train_rows[0]["train/p"] == pytest.approx(1.0 - 2.0 / 250) and train_rows[-1]["train/p"] == -1.0
+
+
+def test_paired_difference_is_over_the_same_games():
+    before = [{"instance": i, "won": w} for i, w in enumerate([0, 0, 1, 0])]
+    after = [{"instance": i, "won": w} for i, w in reversed(list(enumerate([1, 1, 1, 0])))]  # order does not matter
+    diff, se, n = trainer_module.paired_difference(before, after)
+    assert (diff, n) == (0.5, 4)  # differences 1, 1, 0, 0: sample std 0.577, / √4
+    assert se == pytest.approx((1 / 3) ** 0.5 / 2)
 
 
 def _train_cmd(run_dir: Path, extra: list[str]) -> list[str]:

@@ -15,7 +15,9 @@ Episode end:
     passes rollout.max_turns).
 Arguments:
     data_path (str | None: $ALFWORLD_DATA), split ("train" | "valid_seen" | "valid_unseen"),
-    win_reward (float, 10.0), task_types (list[str] | None: all six).
+    win_reward (float, 10.0), task_types (list[str] | None: all six), hide_actions (list[str]: admissible commands
+    starting with one of these words are not listed, e.g. ["look", "inventory", "examine"] for small models that
+    loop on them; they still run if typed. Not ALFWorld's protocol: an easier setting, say so when you report it).
 Version history:
     v0: initial version (the step limit moved to Gymnasium's TimeLimit; episodes are unchanged).
 """
@@ -82,6 +84,7 @@ class ALFWorldEnv(TextEnv):
         split: str = "train",
         win_reward: float = 10.0,
         task_types: list[str] | None = None,
+        hide_actions: list[str] | None = None,
     ) -> None:
         super().__init__()
         import textworld
@@ -90,6 +93,7 @@ class ALFWorldEnv(TextEnv):
 
         self.root, self.games = find_games(data_path, split, task_types)
         self.win_reward = win_reward
+        self.hidden = tuple(hide_actions or ())
         infos = textworld.EnvInfos(admissible_commands=True, won=True)
         self._env = AlfredDemangler(PddlEnv(infos), shuffle=False)
         self._index = 0
@@ -106,12 +110,15 @@ class ALFWorldEnv(TextEnv):
     def _info(self, state: Any) -> dict[str, Any]:
         return empty_info(
             task=self._task,
-            admissible_actions=[c for c in state["admissible_commands"] if c != "help"],
+            admissible_actions=[c for c in state["admissible_commands"] if c != "help" and not self._hidden(c)],
             task_type=SHORT_NAMES.get(self._task_type, self._task_type),
             instance=self.instance_name(self._index),
             won=bool(state["won"]),
             walkthrough=list(self._walkthrough),
         )
+
+    def _hidden(self, command: str) -> bool:
+        return command.split(" ", 1)[0] in self.hidden
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
         super().reset(seed=seed)
