@@ -529,7 +529,7 @@ def print_summary(
             diff, se, n = paired_difference(games["before"][name], games["after"][name])
             print(
                 f"after - before: {100 * diff:+.1f} points ± {100 * se:.1f} (standard error of the paired per-game "
-                f"difference, {n} games): {diff / se if se > 0 else float('inf'):.1f} standard errors"
+                f"difference, {n} games): {diff / se if se > 0 else (0.0 if diff == 0 else float('inf')):.1f} standard errors"
             )
     print(f"\nrun directory: {run_dir.resolve()}")
 
