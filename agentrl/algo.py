@@ -36,6 +36,10 @@ class AdvantageConfig:
     std_normalize: bool = True  # False: Dr.GRPO (no division by the group std)
     eps: float = 1e-6
     statistics: AdvantageStatistics = AdvantageStatistics.rows
+    # DAPO's dynamic sampling without the resampling: the rows of a group whose advantages are all 0 (every episode
+    # scored the same) are left out of the update. They carry no policy gradient, only compute, and they no longer
+    # dilute the loss's mean over rows (train/filtered_rows_frac logs the share left out)
+    filter_groups: bool = False
 
 
 @dataclass

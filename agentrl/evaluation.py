@@ -87,6 +87,7 @@ def evaluate_rollout(
             "reward": e.total_reward,
             "invalid": e.num_invalid,
             "truncation": e.truncation_reason,
+            "actions": [t.action for t in e.turns],  # what the agent did, turn by turn (<run>/eval/iter-N.json)
         }
         for e in episodes
     ]

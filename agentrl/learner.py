@@ -42,9 +42,15 @@ class LearnerConfig:
     entropy_coef: float = 0.0  # entropy bonus: loss −= coef · token-mean entropy (verl's entropy_coeff)
     activation_checkpointing: bool = False  # recompute each decoder layer's activations in backward (less memory)
     mismatch: MismatchConfig = field(default_factory=MismatchConfig)  # π_old/π_rollout correction (losses/mismatch.py)
+    # π_old for the optimizer steps after the first: "recompute" (a no-grad pass of the learner before the update) or
+    # "rollout" (the sampler's own log-probs, kept by the rollout: no pass; verl's bypass mode). The sampler must
+    # score what the learner scores (same weights, temperature and constraints); its gap is logged as mismatch/*.
+    old_log_probs: str = "recompute"
 
     def validate(self) -> list[str]:
         problems = self.mismatch.validate()
+        if self.old_log_probs not in ("recompute", "rollout"):
+            problems.append(f"learner.old_log_probs must be recompute or rollout, got {self.old_log_probs!r}")
         for name in ("mini_batches", "epochs", "micro_batch_tokens", "logprob_chunk"):
             if getattr(self, name) < 1:
                 problems.append(f"learner.{name} must be >= 1, got {getattr(self, name)}")
@@ -399,6 +405,15 @@ class Learner:
         its own detached training forward (one forward saved; p and the clip act from the second step on)."""
         later = sorted({i for step in steps[1:] for i in step})
         old: list[torch.Tensor | None] = [None] * len(samples)
+        if self.cfg.old_log_probs == "rollout":  # the sampler's, at the action positions (0 elsewhere, as a pass)
+            for i in later:
+                s = samples[i]
+                if s.rollout_logprobs is None:
+                    raise ValueError("learner.old_log_probs=rollout: a sample has no sampler log-probs")
+                row = torch.zeros(len(s.input_ids))
+                row[torch.tensor(s.action_mask, dtype=torch.bool)] = torch.tensor(s.rollout_logprobs)
+                old[i] = row
+            return old
         for i, lp in zip(later, self.log_probs(self.model, [samples[i] for i in later], "old log-probs")):
             old[i] = lp
         return old
@@ -413,7 +428,7 @@ class Learner:
             def count(rows: Sequence[int]) -> int:
                 return len(length_grouped(samples, rows, self.cfg.micro_batch_tokens))
 
-            later = sorted({i for step in steps[1:] for i in step})
+            later = sorted({i for step in steps[1:] for i in step}) if self.cfg.old_log_probs == "recompute" else []
             total = (count(later) if later else 0) + sum(count(rows) for rows in steps)
             total += count(range(len(samples))) if self.ref_model is not None else 0
             self._bar = tqdm(total=total, desc="update", unit="micro-batch", leave=False)

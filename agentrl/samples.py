@@ -80,3 +80,9 @@ def build_samples(
     for sample, value in zip(samples, values.tolist()):
         sample.advantage = value
     return samples
+
+
+def informative(samples: list[Sample]) -> list[Sample]:
+    """The samples of groups with some non-zero advantage (AdvantageConfig.filter_groups), in order."""
+    keep = {s.group_id for s in samples if s.advantage != 0.0}
+    return [s for s in samples if s.group_id in keep]

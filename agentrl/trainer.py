@@ -49,7 +49,7 @@ from agentrl.metrics import MetricsLog
 from agentrl.policies.vllm import VllmSpec
 from agentrl.rollout import RolloutConfig, RolloutManager, Task, episode_totals, stats_from_totals
 from agentrl.rundir import RunLock, default_run_dir, point_latest, prepare_run_dir
-from agentrl.samples import build_samples
+from agentrl.samples import build_samples, informative
 
 
 class TaskSampler:
@@ -133,8 +133,11 @@ class Components:
             source=self.model if self.generation_model is not None else None,
         )
         seed = cfg.trainer.seed
-        # the sampler's log-probs are kept when the learner corrects for them, or when they cost nothing (vLLM)
-        logprobs = cfg.model.backend == "vllm" or self.learner.correction != "off"
+        # the sampler's log-probs are kept when the learner corrects for them or uses them as π_old, or when they cost
+        # nothing (vLLM)
+        logprobs = (
+            cfg.model.backend == "vllm" or self.learner.correction != "off" or cfg.learner.old_log_probs == "rollout"
+        )
         self.rollout = RolloutManager(
             self.pools[0], self.policy, self.tokenizer, fmt, cfg.rollout, seed=seed, logprobs=logprobs
         )
@@ -425,7 +428,9 @@ def _train(cfg: Config, run_dir: Path, candidates: list[tuple[Path, dict[str, An
             # whole groups per rank; each rank samples with its own seed (rank 0's is the one process's)
             tasks = distributed.split(c.sampler.tasks(it, cfg.rollout.tasks_per_iteration))
             episodes = c.rollout.run(tasks, seed=it * place.world + place.rank, progress=progress)
-            samples = build_samples(episodes, cfg.rollout.sample_mode, cfg.algo.advantage)
+            samples = built = build_samples(episodes, cfg.rollout.sample_mode, cfg.algo.advantage)
+            if cfg.algo.advantage.filter_groups:
+                samples = informative(built)
             t1 = time.perf_counter()
             p = cfg.algo.p_at(it, cfg.trainer.iterations)
             if hasattr(c.policy, "sleep"):  # a GPU engine frees its KV cache while the learner runs
@@ -439,13 +444,16 @@ def _train(cfg: Config, run_dir: Path, candidates: list[tuple[Path, dict[str, An
             t2 = time.perf_counter()
             totals = episode_totals(episodes)
             totals = dict(zip(totals, distributed.all_sum(list(totals.values()))))
-            rows, tokens = distributed.all_sum([len(samples), sum(len(s.input_ids) for s in samples)])
+            rows, tokens, all_rows = distributed.all_sum(
+                [len(samples), sum(len(s.input_ids) for s in samples), len(built)]
+            )
+            update["train/filtered_rows_frac"] = 1.0 - rows / max(all_rows, 1)
             row = {
                 "iteration": it + 1,
                 "kind": "train",
                 **stats_from_totals(totals),
                 **distributed.mean_metrics({**c.rollout.timings.as_dict(), **update, **sync_stats(c.policy)}),
-                "rollout/samples": int(rows),
+                "rollout/samples": int(all_rows),
                 "time/rollout_s": t1 - t0,
                 "time/update_s": t2 - t1,
                 "train/tokens_per_s": tokens / max(t2 - t1, 1e-9),

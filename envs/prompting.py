@@ -164,6 +164,8 @@ class TersePromptFormat(AgentPromptFormat):
     lenient: bool = True  # free-text replies (without rollout.constrained_actions) may name the action untagged
     list_actions: bool = True  # False: no action list (with rollout.constrained_actions the sampler still knows them)
     system: str = ""  # a system message ("": none, the chat template's default)
+    show_step: bool = True  # a "Step N." line
+    instruction: str = "Reply <action>one action</action>."  # "": none (constrained decoding needs no instruction)
 
     def render(
         self, task: str, history: list[HistoryItem], observation: str, admissible: list[str] | None, *, window: int
@@ -171,14 +173,14 @@ class TersePromptFormat(AgentPromptFormat):
         def strip(text: str) -> str:  # ALFWorld's first observation repeats the task
             return text.replace(f"Your task is to: {task}.", "").replace(f"Your task is to: {task}", "").strip()
 
-        lines = [f"Task: {task}." if task else "", f"Step {len(history) + 1}."]
+        lines = [f"Task: {task}." if task else "", f"Step {len(history) + 1}." if self.show_step else ""]
         for h in history[-window:] if window > 0 else []:  # a transcript: what was seen, then "> what was done"
             lines.append(f"{strip(h.observation)}\n> {h.action}")
         lines.append(strip(observation))
         actions = [a for a in admissible or [] if a != "help"]
         if self.list_actions and actions:
             lines.append("Actions: " + "; ".join(actions))
-        lines.append("Reply <action>one action</action>." if not self.reasoning else REASONING_INSTRUCTION)
+        lines.append(self.instruction if not self.reasoning else REASONING_INSTRUCTION)
         user = {"role": "user", "content": "\n".join(line for line in lines if line)}
         return [{"role": "system", "content": self.system}, user] if self.system else [user]
 

@@ -7,6 +7,8 @@ learner: each rank's unsharded generation copy), then checks the copy with the s
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 from agentrl.policies.base import (
@@ -17,6 +19,11 @@ from agentrl.policies.base import (
     probe_ids,
     probe_log_probs,
 )
+
+
+def _cache_of(output):
+    """The KV cache of a forward's output (`cache` from transformers 5.2x, `past_key_values` before)."""
+    return output.cache if hasattr(output, "cache") else output.past_key_values
 
 
 class HFPolicy:
@@ -36,6 +43,10 @@ class HFPolicy:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
         self.last_canary: float | None = None  # the canary gap after the latest sync (separate copies only)
         self.probe = probe_ids(tokenizer) if source is not None and source is not model else None
+        # constrained decoding skips the model on forced tokens (False: token by token through `generate`)
+        self.skip_forced = True
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT: the wrapped model
+        self._cache_arg = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
     @torch.no_grad()
     def sync_weights(self) -> None:
@@ -103,6 +114,11 @@ class HFPolicy:
         was_training = self.model.training
         self.model.eval()
         autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+        if self.skip_forced and constraints and all(c is not None for c in constraints) and not sampling.min_new_tokens:
+            with autocast:
+                completions = self._constrained(ids.to(device), att.to(device), sampling, constraints)
+            self.model.train(was_training)
+            return completions
         allowed = None
         if constraints is not None and any(c is not None for c in constraints):
             every = list(range(self.model.get_output_embeddings().out_features))
@@ -129,6 +145,80 @@ class HFPolicy:
             self._trim(generated[r].tolist(), sampling, None if logprobs is None else logprobs[r].tolist())
             for r in range(len(prompts))
         ]
+
+    def _constrained(
+        self, ids: torch.Tensor, att: torch.Tensor, sampling: SamplingParams, constraints: list[Constraint]
+    ) -> list[Completion]:
+        """Constrained decoding with one forward per branch point of the candidates' trie: a token that is the only
+        continuation needs no logits (its restricted probability is 1, log-prob 0), so runs of them are fed to the
+        model together with the next sampled token. The same distribution as token-by-token decoding (restricted
+        softmax at the temperature, then top-p; greedy: argmax), in ~3 model calls per action instead of ~12."""
+        rows = len(constraints)
+        positions = (att.cumsum(-1) - 1).clamp(min=0)
+        out = self.model(input_ids=ids, attention_mask=att, position_ids=positions, use_cache=True, logits_to_keep=1)
+        cache, logits = _cache_of(out), out.logits[:, -1].float()  # [B, V]: the next token's, valid when
+        seen = att.sum(-1)  # [B] real tokens in the cache                  # nothing is pending for that row
+        chosen: list[list[int]] = [[] for _ in range(rows)]
+        logprobs: list[list[float]] = [[] for _ in range(rows)]
+        pending: list[list[int]] = [[] for _ in range(rows)]  # chosen, not yet fed to the model
+        done = [False] * rows
+        while True:
+            for r in range(rows):
+                while not done[r]:
+                    allowed = (
+                        allowed_next(constraints[r], chosen[r]) if len(chosen[r]) < sampling.max_new_tokens else []
+                    )
+                    if not allowed:
+                        done[r] = True
+                    elif len(allowed) > 1 and pending[r]:
+                        break  # a branch point: needs the logits after the pending tokens
+                    else:
+                        token, lp = (allowed[0], 0.0) if len(allowed) == 1 else self._pick(logits[r], allowed, sampling)
+                        chosen[r].append(token)
+                        logprobs[r].append(lp)
+                        pending[r].append(token)
+            feed = [r for r in range(rows) if pending[r] and not done[r]]
+            if not feed:
+                break
+            width = max(len(pending[r]) for r in feed)
+            step = torch.full((rows, width), self.pad_id, dtype=torch.long)
+            step_att = torch.zeros((rows, width), dtype=torch.long)
+            for r in feed:
+                step[r, : len(pending[r])] = torch.tensor(pending[r])
+                step_att[r, : len(pending[r])] = 1
+            att = torch.cat([att, step_att.to(att.device)], dim=1)
+            step_pos = seen[:, None] + torch.arange(width, device=att.device)[None]
+            out = self.model(
+                input_ids=step.to(att.device),
+                attention_mask=att,
+                position_ids=step_pos,
+                use_cache=True,
+                **{self._cache_arg: cache},
+            )
+            cache = _cache_of(out)
+            for r in feed:
+                logits[r] = out.logits[r, len(pending[r]) - 1].float()
+                seen[r] += len(pending[r])
+                pending[r] = []
+        return [self._trim(chosen[r], sampling, logprobs[r] if sampling.logprobs else None) for r in range(rows)]
+
+    @staticmethod
+    def _pick(logits: torch.Tensor, allowed: list[int], sampling: SamplingParams) -> tuple[int, float]:
+        """One token among `allowed` (sorted ids) and its log-prob under the restricted distribution."""
+        scores = logits[allowed]
+        if sampling.temperature <= 0:
+            k = int(scores.argmax())
+            return allowed[k], float(torch.log_softmax(scores, -1)[k])
+        scores = scores / sampling.temperature
+        if sampling.top_p < 1.0:  # nucleus over the restricted distribution: drop the tail below 1 - top_p
+            order = scores.argsort()
+            tail = torch.softmax(scores[order], -1).cumsum(-1) <= 1 - sampling.top_p
+            tail[-1] = False
+            scores = scores.clone()
+            scores[order[tail]] = float("-inf")
+        lp = torch.log_softmax(scores, -1)
+        k = int(torch.multinomial(lp.exp(), 1))
+        return allowed[k], float(lp[k])
 
     def _generate(self, ids: torch.Tensor, att: torch.Tensor, sampling: SamplingParams, greedy: bool, allowed=None):
         return self.model.generate(

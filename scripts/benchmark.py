@@ -13,6 +13,7 @@ Sections:
   padding  computed tokens that are padding, with and without length-grouped micro-batches; peak memory (RSS) of
            log-prob computation with full-vocabulary logits vs our chunked path (each in a fresh subprocess)
   rollout  ALFWorld episodes: generation / env / prompt time; env steps/s with 1 and 2 workers
+  constrained  greedy constrained decoding of ALFWorld prompts: token by token vs skipping forced tokens (same replies)
   lora     full fine-tuning vs LoRA (rank 16, every projection): trainable parameters, peak memory (RSS, each in a
            fresh subprocess) and update time of the same learner update on the same batch
   vllm     the quickstart rollout with the transformers vs the vLLM backend (same process, same model), vLLM weight
@@ -381,6 +382,41 @@ def bench_rollout(model, tok, quick: bool) -> dict[str, Any]:
     return out
 
 
+def bench_constrained(model, tok, quick: bool) -> dict[str, Any]:
+    """Constrained greedy decoding of ALFWorld first-turn prompts (the quickstart's terse format, every admissible
+    action a candidate): token by token through `generate` vs skipping the forced tokens (one forward per branch
+    point). The replies must be identical; the ratio is the speed-up."""
+    from agentrl.chat import ChatTokens
+    from agentrl.envs.prompting import TersePromptFormat
+    from agentrl.policies.base import SamplingParams
+    from agentrl.policies.hf import HFPolicy
+
+    factory = alfworld_factory()
+    fmt, chat = TersePromptFormat(), ChatTokens(tok)
+    prompts, constraints = [], []
+    for i in range(8 if quick else 24):
+        env = factory()
+        obs, info = env.reset(options={"instance": i % 12})
+        admissible = info["admissible_actions"]
+        prompts.append(chat.prompt_ids(fmt.render(info["task"], [], obs, admissible, window=0)))
+        constraints.append([chat.encode_plain(fmt.constrained_reply(a)) + [chat.eos_id] for a in admissible])
+        env.close()
+    policy = HFPolicy(model, tok, batch_size=len(prompts))
+    sampling = SamplingParams(temperature=0.0, max_new_tokens=48, stop=["</action>"])
+    out: dict[str, Any] = {"prompts": len(prompts), "prompt_tokens_mean": sum(map(len, prompts)) / len(prompts)}
+    replies = {}
+    for name, skip in (("token_by_token", False), ("skip_forced", True)):
+        policy.skip_forced = skip
+        policy.generate(prompts[:2], sampling, constraints[:2])  # warm-up
+        started = time.perf_counter()
+        replies[name] = [c.token_ids for c in policy.generate(prompts, sampling, constraints)]
+        out[f"{name}_s"] = time.perf_counter() - started
+    out["reply_tokens_mean"] = sum(map(len, replies["skip_forced"])) / len(prompts)
+    out["identical_replies"] = replies["skip_forced"] == replies["token_by_token"]
+    out["speedup"] = out["token_by_token_s"] / out["skip_forced_s"]
+    return out
+
+
 def bench_vllm(model, tok, quick: bool) -> dict[str, Any]:
     """The quickstart's rollout sizes (free-text replies in the agent protocol's prompt, ALFWorld games, one iteration's tasks)
     with the transformers backend and with the vLLM backend, alternately in this process on the same model; then
@@ -680,7 +716,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="tiny model and small sizes (seconds)")
     ap.add_argument("--gpu", action="store_true", help="the GPU section only (needs CUDA)")
-    ap.add_argument("--sections", nargs="+", default=["peak", "learner", "loss", "padding", "rollout", "lora"])
+    ap.add_argument(
+        "--sections", nargs="+", default=["peak", "learner", "loss", "padding", "rollout", "constrained", "lora"]
+    )
     ap.add_argument("--out", default="benchmark.json")
     args = ap.parse_args(argv)
     torch.manual_seed(0)
@@ -719,6 +757,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         save()
     sections = {  # the sections that each stand alone, in report order
         "rollout": lambda: bench_rollout(model, tok, args.quick),
+        "constrained": lambda: bench_constrained(model, tok, args.quick),
         "peer": lambda: bench_peer(args.quick),
         "lora": lambda: bench_lora(args.quick),
         "vllm": lambda: bench_vllm(model, tok, args.quick),

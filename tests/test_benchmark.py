@@ -18,8 +18,9 @@ def test_benchmark_quick_mode_produces_every_section(tmp_path):
     out = tmp_path / "bench.json"
     report = benchmark.main(["--quick", "--out", str(out)])
     assert json.loads(out.read_text()) == json.loads(json.dumps(report))
-    for section in ("peak", "learner", "loss", "padding", "rollout", "lora"):
+    for section in ("peak", "learner", "loss", "padding", "rollout", "constrained", "lora"):
         assert section in report
+    assert report["constrained"]["identical_replies"] is True and report["constrained"]["skip_forced_s"] > 0
     learner = report["learner"]
     assert learner["tokens"] > 0 and learner["update_tokens_per_s"] > 0 and learner["plain_tokens_per_s"] > 0
     padding = report["padding"]

@@ -46,6 +46,48 @@ def test_constrained_samples_are_candidates_and_their_log_probs_are_the_learners
         assert all(abs(float(lp_restricted[len(prompt) + k])) < 1e-6 for k in forced)  # one choice: log 1 = 0
 
 
+def test_skipping_forced_tokens_is_token_by_token_decoding_in_fewer_calls():
+    """Forced tokens (one allowed continuation) are fed with the next sampled token: the same greedy replies and
+    log-probs as HF generate's token-by-token path, for left-padded prompts of different lengths, sampled replies
+    scored as the learner scores them (also under top-p), in fewer model calls than reply tokens."""
+    model, tok = make_tiny()
+    replies = [
+        "<action>go to desk 1</action>",
+        "<action>go to bed 2</action>",
+        "<action>take mug 1 from desk 1</action>",
+    ]
+    cands = _candidates(tok, replies)
+    texts = ["You are in a room.", "Hi", "You see a desk 1 and a bed 2 and a mug on the desk. What now?"] * 2
+    prompts = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    policy = HFPolicy(model, tok)
+    calls = []
+    model.register_forward_hook(lambda *_: calls.append(1))
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=32, logprobs=True, stop=["</action>"])
+    fast = policy.generate(prompts, greedy, [cands] * len(prompts))
+    fast_calls, calls[:] = len(calls), []
+    policy.skip_forced = False
+    slow = policy.generate(prompts, greedy, [cands] * len(prompts))
+    assert [o.token_ids for o in fast] == [o.token_ids for o in slow] and all(o.text in replies for o in fast)
+    assert [o.finish_reason for o in fast] == [o.finish_reason for o in slow] == ["stop"] * len(prompts)
+    for a, b in zip(fast, slow):
+        assert torch.allclose(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-5)
+    assert fast_calls < len(calls) and fast_calls < max(len(o.token_ids) for o in fast)
+    policy.skip_forced = True
+    learner = Learner(model, LearnerConfig(), AlgoConfig(), temperature=1.5)
+    for top_p in (1.0, 0.7):
+        sampling = SamplingParams(temperature=1.5, top_p=top_p, max_new_tokens=32, seed=1, logprobs=True)
+        outs = policy.generate(prompts * 4, sampling, [cands] * len(prompts) * 4)
+        assert all(o.token_ids in cands for o in outs) and len({o.text for o in outs}) > 1
+        for prompt, out in zip(prompts * 4, outs):
+            mask = [0] * len(prompt) + [1] * len(out.token_ids)
+            sample = Sample(prompt + out.token_ids, mask, allowed=allowed_per_token(cands, out.token_ids))
+            (lp,) = learner.log_probs(model, [sample])
+            if top_p == 1.0:
+                assert torch.allclose(lp[len(prompt) :], torch.tensor(out.logprobs), atol=1e-5)
+            else:  # the nucleus renormalises over fewer tokens: never less likely than the full restriction
+                assert (torch.tensor(out.logprobs) >= lp[len(prompt) :] - 1e-5).all()
+
+
 def test_the_learner_trains_on_the_restricted_distribution():
     model, tok = make_tiny()
     cands = _candidates(tok, ["north", "south"])

@@ -198,6 +198,8 @@ def test_terse_prompt_is_a_short_transcript():
     )
     assert fmt.constrained_reply("look") == "<action>look</action>"
     assert fmt.parse("<action>look</action>", admissible) == ("look", True)
+    bare = TersePromptFormat(show_step=False, instruction="").render("t", [], "obs", admissible, window=1)
+    assert bare[0]["content"] == "Task: t.\nobs\nActions: take pen 1 from desk 1; look"  # nothing else to pay for
 
 
 def test_math_task_file_formats_and_field_errors(tmp_path):

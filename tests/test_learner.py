@@ -152,6 +152,36 @@ def test_single_on_policy_step_skips_old_log_probs_without_changing_the_gradient
         assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)
 
 
+def test_rollout_log_probs_as_old_give_the_recomputed_update_without_the_pass():
+    """learner.old_log_probs=rollout: when the sampler scored what the learner scores, the update is the one that
+    recomputes π_old, with one no-grad pass fewer; a sample without sampler log-probs is an error, not a guess."""
+    from dataclasses import replace
+
+    model, tok = make_tiny()
+    samples = random_samples(8, len(tok), seed=3)
+    own = Learner(copy.deepcopy(model), LearnerConfig()).log_probs(model, samples)
+    samples = [
+        replace(s, rollout_logprobs=[float(x) for x, m in zip(lp, s.action_mask) if m]) for s, lp in zip(samples, own)
+    ]
+    models, passes = [], []
+    for mode in ("recompute", "rollout"):
+        m = copy.deepcopy(model)
+        learner = Learner(m, LearnerConfig(lr=1e-2, mini_batches=4, old_log_probs=mode), AlgoConfig(loss="holder_seq"))
+        calls = []
+        learner.log_probs = lambda *a, _f=learner.log_probs, _c=calls, **k: _c.append(1) or _f(*a, **k)
+        metrics = learner.update(samples, p=-1.0)
+        assert metrics["mismatch/max_abs"] < 1e-5 and metrics["train/optimizer_steps"] == 4
+        models.append(m)
+        passes.append(len(calls))
+    assert passes == [1, 0]
+    for a, b in zip(*(m.parameters() for m in models)):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)
+    learner = Learner(copy.deepcopy(model), LearnerConfig(mini_batches=2, old_log_probs="rollout"))
+    with pytest.raises(ValueError, match="no sampler log-probs"):
+        learner.update([replace(s, rollout_logprobs=None) for s in samples], p=1.0)
+    assert any("old_log_probs" in m for m in LearnerConfig(old_log_probs="cached").validate())
+
+
 def test_update_progress_counts_every_micro_batch_of_every_pass(monkeypatch):
     import agentrl.learner as learner_module
 

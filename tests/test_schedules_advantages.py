@@ -64,3 +64,22 @@ def test_grpo_advantages_episode_statistics():
     by_episodes = grpo_advantages(rewards, groups, std_normalize=False, episode_ids=[0, 0, 0, 1])
     assert by_rows.tolist() == pytest.approx([0.25, 0.25, 0.25, -0.75])  # row mean 0.75
     assert by_episodes.tolist() == pytest.approx([0.5, 0.5, 0.5, -0.5])  # episode mean 0.5
+
+
+def test_filter_groups_leaves_out_only_groups_without_signal():
+    """algo.advantage.filter_groups: a group whose rows all have advantage 0 (every episode scored the same) goes;
+    a group with any signal stays whole, in order — a per-turn invalid penalty is signal too."""
+    from agentrl.samples import informative
+    from agentrl.types import Sample
+
+    rewards = {"won-lost": [10.0, 0.0], "all-lost": [0.0, 0.0], "all-won": [10.0, 10.0], "penalised": [0.0, -0.1]}
+    samples = [
+        Sample([1, 2, 3], [0, 1, 1], reward=r, group_id=g, episode_id=k)
+        for g, rs in rewards.items()
+        for k, r in enumerate(rs)
+    ]
+    for s, a in zip(samples, grpo_advantages(torch.tensor([s.reward for s in samples]), [s.group_id for s in samples])):
+        s.advantage = float(a)
+    kept = informative(samples)
+    assert [s.group_id for s in kept] == ["won-lost", "won-lost", "penalised", "penalised"]
+    assert informative([s for s in samples if s.group_id == "all-lost"]) == []

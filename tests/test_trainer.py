@@ -34,6 +34,7 @@ def test_tiny_model_learns_cuebandit_from_scratch(algo, tmp_path, capsys):
     assert "| random (2 seeds) |" in summary and "invalid-reply rate: before" in summary
     before = json.loads((tmp_path / "eval" / "iter-000000.json").read_text())["panel"]
     after = json.loads((tmp_path / "eval" / f"iter-{cfg.trainer.iterations:06d}.json").read_text())["panel"]
+    assert all(len(g["actions"]) == g["turns"] > 0 for g in before + after)  # what the agent did, per game
     diff, se, n = trainer_module.paired_difference(before, after)
     assert n == cfg.env.eval_instances and diff == pytest.approx(
         result["after"]["eval/panel/success"] - result["before"]["eval/panel/success"]
