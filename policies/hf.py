@@ -156,8 +156,9 @@ class HFPolicy:
         rows = len(constraints)
         positions = (att.cumsum(-1) - 1).clamp(min=0)
         out = self.model(input_ids=ids, attention_mask=att, position_ids=positions, use_cache=True, logits_to_keep=1)
-        cache, logits = _cache_of(out), out.logits[:, -1].float()  # [B, V]: the next token's, valid when
-        seen = att.sum(-1)  # [B] real tokens in the cache                  # nothing is pending for that row
+        # logits [B, V]: each row's next-token logits, valid while nothing is pending for that row
+        cache, logits = _cache_of(out), out.logits[:, -1].float()
+        seen = att.sum(-1)  # [B] real tokens in the cache
         chosen: list[list[int]] = [[] for _ in range(rows)]
         logprobs: list[list[float]] = [[] for _ in range(rows)]
         pending: list[list[int]] = [[] for _ in range(rows)]  # chosen, not yet fed to the model
