@@ -51,3 +51,13 @@ def grpo_advantages(
             centred = centred / (std + eps) if std > 0 else torch.zeros_like(centred)
         out[idx] = centred
     return out
+
+
+def discounted_returns(rewards: Sequence[float], gamma: float) -> list[float]:
+    """G_t = r_t + γ·G_{t+1} for one episode's per-step rewards (G after the last step is 0)."""
+    out = [0.0] * len(rewards)
+    running = 0.0
+    for t in range(len(rewards) - 1, -1, -1):
+        running = rewards[t] + gamma * running
+        out[t] = running
+    return out

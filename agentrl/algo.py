@@ -40,6 +40,11 @@ class AdvantageConfig:
     # scored the same) are left out of the update. They carry no policy gradient, only compute, and they no longer
     # dilute the loss's mean over rows (train/filtered_rows_frac logs the share left out)
     filter_groups: bool = False
+    # GiGPO's step-level credit (Feng et al., 2025), window samples only: each row's advantage adds step_weight x
+    # (its discounted return from that turn, gamma = step_gamma, against those of the group's turns that saw the
+    # identical prompt). 0 = episode-level credit only (the paper's protocol); GiGPO uses 1 and 0.95
+    step_weight: float = 0.0
+    step_gamma: float = 0.95
 
 
 @dataclass
@@ -80,6 +85,13 @@ class AlgoConfig:
         for name in ("clip_low", "clip_high", "p_start", "p_end", "p_power"):
             if not math.isfinite(getattr(self, name)):
                 problems.append(f"algo.{name} must be a finite number, got {getattr(self, name)}")
+        step = self.advantage
+        if not (math.isfinite(step.step_weight) and step.step_weight >= 0):
+            problems.append(
+                f"algo.advantage.step_weight must be >= 0 (0 turns step credit off), got {step.step_weight}"
+            )
+        if not 0 <= step.step_gamma <= 1:
+            problems.append(f"algo.advantage.step_gamma must be in [0, 1] (GiGPO: 0.95), got {step.step_gamma}")
         if self.loss not in POLICY_LOSSES:
             problems.append(unknown_name_message("algo.loss", self.loss, POLICY_LOSSES))
         else:

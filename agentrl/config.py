@@ -224,6 +224,11 @@ def validate_config(cfg: Config, *, resources: bool = True) -> None:
     problems += check_world(cfg, distributed.from_env(), resources=resources)
     if not cfg.rollout.temperature > 0:  # the learner scores the sampled distribution: logits / temperature
         problems.append(f"rollout.temperature={cfg.rollout.temperature}: training samples need a temperature > 0")
+    if cfg.algo.advantage.step_weight and cfg.rollout.sample_mode != "window":
+        problems.append(
+            f"algo.advantage.step_weight={cfg.algo.advantage.step_weight} credits each turn's own row: it needs "
+            "rollout.sample_mode=window (or set algo.advantage.step_weight=0)"
+        )
     if cfg.rollout.group_size < 2:  # the coupling of group-relative advantages (algo) and the group (rollout)
         problems.append(
             f"rollout.group_size={cfg.rollout.group_size}: group-relative advantages ({cfg.algo.name}) need at least "

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from agentrl.advantages import grpo_advantages
+from agentrl.advantages import discounted_returns, grpo_advantages
 from agentrl.algo import AdvantageConfig
 from agentrl.types import Episode, Sample, SampleMode
 
@@ -77,9 +77,35 @@ def build_samples(
         eps=adv.eps,
         episode_ids=[s.episode_id for s in samples] if adv.statistics == "episodes" else None,
     )
+    if adv.step_weight and mode == "window":
+        values = values + adv.step_weight * _step_term(episodes, adv)
     for sample, value in zip(samples, values.tolist()):
         sample.advantage = value
     return samples
+
+
+def _anchors(episodes: list[Episode]) -> list[tuple[str, tuple[int, ...]]]:
+    """One key per turn, in sample order: the group and the exact prompt ids (the same input to the policy)."""
+    return [(e.group_id, tuple(t.prompt_ids)) for e in episodes for t in e.turns]
+
+
+def _step_term(episodes: list[Episode], adv: AdvantageConfig) -> torch.Tensor:
+    """GiGPO's step-level advantage of every window row (Feng et al., 2025; AdvantageConfig.step_weight): the row's
+    discounted return (env rewards minus invalid-action penalties, from that turn on, γ = step_gamma) scored against
+    those of every turn of its group that saw the identical prompt — the same state, as the policy sees it. A turn
+    alone in its state gets 0."""
+    returns = [g for e in episodes for g in discounted_returns([t.reward - t.penalty for t in e.turns], adv.step_gamma)]
+    return grpo_advantages(torch.tensor(returns), _anchors(episodes), std_normalize=adv.std_normalize, eps=adv.eps)
+
+
+def shared_state_fraction(episodes: list[Episode]) -> float:
+    """The share of turns whose exact prompt another turn of the same group also saw (what step-level credit can
+    compare; logged as train/shared_state_frac)."""
+    anchors = _anchors(episodes)
+    counts: dict[tuple[str, tuple[int, ...]], int] = {}
+    for a in anchors:
+        counts[a] = counts.get(a, 0) + 1
+    return sum(counts[a] > 1 for a in anchors) / max(len(anchors), 1)
 
 
 def informative(samples: list[Sample]) -> list[Sample]:

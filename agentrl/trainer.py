@@ -49,7 +49,7 @@ from agentrl.metrics import MetricsLog
 from agentrl.policies.vllm import VllmSpec
 from agentrl.rollout import RolloutConfig, RolloutManager, Task, episode_totals, stats_from_totals
 from agentrl.rundir import RunLock, default_run_dir, point_latest, prepare_run_dir
-from agentrl.samples import build_samples, informative
+from agentrl.samples import build_samples, informative, shared_state_fraction
 
 
 class TaskSampler:
@@ -448,6 +448,7 @@ def _train(cfg: Config, run_dir: Path, candidates: list[tuple[Path, dict[str, An
                 [len(samples), sum(len(s.input_ids) for s in samples), len(built)]
             )
             update["train/filtered_rows_frac"] = 1.0 - rows / max(all_rows, 1)
+            update["train/shared_state_frac"] = shared_state_fraction(episodes)
             row = {
                 "iteration": it + 1,
                 "kind": "train",

@@ -391,16 +391,15 @@ def bench_constrained(model, tok, quick: bool) -> dict[str, Any]:
     from agentrl.policies.base import SamplingParams
     from agentrl.policies.hf import HFPolicy
 
-    factory = alfworld_factory()
+    env = alfworld_factory()()
     fmt, chat = TersePromptFormat(), ChatTokens(tok)
     prompts, constraints = [], []
     for i in range(8 if quick else 24):
-        env = factory()
         obs, info = env.reset(options={"instance": i % 12})
         admissible = info["admissible_actions"]
         prompts.append(chat.prompt_ids(fmt.render(info["task"], [], obs, admissible, window=0)))
         constraints.append([chat.encode_plain(fmt.constrained_reply(a)) + [chat.eos_id] for a in admissible])
-        env.close()
+    env.close()
     policy = HFPolicy(model, tok, batch_size=len(prompts))
     sampling = SamplingParams(temperature=0.0, max_new_tokens=48, stop=["</action>"])
     out: dict[str, Any] = {"prompts": len(prompts), "prompt_tokens_mean": sum(map(len, prompts)) / len(prompts)}

@@ -54,6 +54,17 @@ def test_misspelt_loss_option_and_bad_agg_rejected_before_weights_load(no_weight
         validate_config(cfg)
 
 
+def test_bad_step_credit_rejected_before_weights_load(no_weights, tmp_path):
+    for overrides, message in [
+        (["algo.advantage.step_weight=1", "rollout.sample_mode=full"], "needs rollout.sample_mode=window"),
+        (["algo.advantage.step_weight=-1"], "step_weight must be >= 0"),
+        (["algo.advantage.step_gamma=1.5"], r"step_gamma must be in \[0, 1\]"),
+    ]:
+        cfg = load_config([*overrides, f"trainer.run_dir={tmp_path}"])
+        with pytest.raises(ConfigError, match=message):
+            trainer_module.train(cfg)
+
+
 def test_dr_grpo_length_normaliser_follows_the_reply_length():
     cfg = load_config(["algo=dr_grpo", "rollout.max_new_tokens=77"])
     assert cfg.algo.loss_options(cfg.rollout.max_new_tokens) == {"agg": "seq-mean-token-sum-norm", "norm_length": 77}

@@ -83,3 +83,58 @@ def test_filter_groups_leaves_out_only_groups_without_signal():
     kept = informative(samples)
     assert [s.group_id for s in kept] == ["won-lost", "won-lost", "penalised", "penalised"]
     assert informative([s for s in samples if s.group_id == "all-lost"]) == []
+
+
+def test_step_credit_compares_turns_that_saw_the_same_prompt():
+    """algo.advantage.step_weight (GiGPO): each window row adds ω × its discounted return scored against the turns
+    of its group that saw the identical prompt; a turn alone in its state adds nothing, and groups never mix."""
+    from agentrl.advantages import discounted_returns
+    from agentrl.algo import AdvantageConfig
+    from agentrl.samples import build_samples, shared_state_fraction
+    from agentrl.types import Episode, Turn
+
+    def episode(k: int, group: str, prompts: list[list[int]], win: bool) -> Episode:
+        turns = [
+            Turn(prompt_ids=p, completion_ids=[9], completion_text="a", action="a", valid=True, observation="o")
+            for p in prompts
+        ]
+        turns[-1].reward = 10.0 if win else 0.0
+        turns[0].penalty = 0.5 if k == 2 else 0.0  # penalties count in the step return, as in the episode's
+        return Episode(episode_id=k, group_id=group, task="t", task_type="x", instance="i", turns=turns)
+
+    assert discounted_returns([1.0, 0.0, 10.0], 0.5) == pytest.approx([1 + 0.25 * 10, 5.0, 10.0])
+    episodes = [
+        episode(0, "g", [[1], [2], [3]], win=True),  # from state [1]: wins in 3 turns
+        episode(1, "g", [[1], [2]], win=True),  # from state [1]: wins in 2 — better; state [2]: wins next turn
+        episode(2, "g", [[1], [4], [5]], win=False),
+        episode(3, "h", [[1], [2]], win=False),  # another group: prompt [1] there is another state
+    ]
+    gamma, weight = 0.9, 2.0
+    plain = build_samples(episodes, "window", AdvantageConfig(std_normalize=False))
+    stepped = build_samples(
+        episodes, "window", AdvantageConfig(std_normalize=False, step_weight=weight, step_gamma=gamma)
+    )
+    step = [b.advantage - a.advantage for a, b in zip(plain, stepped)]
+    g_first = [10 * gamma**2, 10 * gamma, -0.5]  # returns from prompt [1] in group g
+    g_second = [10 * gamma, 10.0]  # from prompt [2]: episode 0's turn 1 and episode 1's turn 1
+    mean1, mean2 = sum(g_first) / 3, sum(g_second) / 2
+    assert step == pytest.approx(
+        [
+            weight * (g_first[0] - mean1),
+            weight * (g_second[0] - mean2),
+            0.0,
+            weight * (g_first[1] - mean1),
+            weight * (g_second[1] - mean2),
+            weight * (g_first[2] - mean1),
+            0.0,
+            0.0,
+            0.0,
+            0.0,
+        ]
+    )
+    assert step[3] > step[0] > 0 > step[5]  # the faster win from the same state is credited more
+    assert shared_state_fraction(episodes) == pytest.approx(5 / 10)  # [1] three times and [2] twice in g
+    # off by default: the paper's episode-level credit
+    assert [s.advantage for s in build_samples(episodes, "window")] == [
+        s.advantage for s in build_samples(episodes, "window", AdvantageConfig(step_weight=0.0))
+    ]
