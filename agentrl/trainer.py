@@ -19,8 +19,10 @@ import copy
 import json
 import math
 import random
+import signal
 import statistics
 import sys
+import threading
 import time
 import warnings
 from dataclasses import asdict
@@ -355,6 +357,30 @@ def train(cfg: Config) -> dict[str, Any]:
             torch.distributed.destroy_process_group()
 
 
+_INTERRUPTED = threading.Event()
+
+
+def _on_sigint(signum: int, frame: Any) -> None:
+    """Ctrl-C: raise KeyboardInterrupt as Python does, and remember it. Python prints and drops an exception raised
+    inside a __del__ (a finished progress bar's, say), so the training loop also checks the flag each iteration."""
+    _INTERRUPTED.set()
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _ctrl_c_remembered():
+    """_on_sigint as the SIGINT handler for the run (main thread only; the previous handler comes back after)."""
+    _INTERRUPTED.clear()
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, _on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _launch(cfg: Config, place: distributed.Dist) -> dict[str, Any]:
     if not cfg.trainer.run_dir:  # rank 0 names it (a timestamp): every rank uses that name
         cfg.trainer.run_dir = distributed.broadcast(str(default_run_dir(cfg.experiment, cfg.trainer.resume)))
@@ -369,7 +395,8 @@ def _launch(cfg: Config, place: distributed.Dist) -> dict[str, Any]:
         if isinstance(candidates, ConfigError):  # rank 0's refusal, raised on every rank
             raise candidates
         try:
-            return _train(cfg, run_dir, candidates)
+            with _ctrl_c_remembered():
+                return _train(cfg, run_dir, candidates)
         except KeyboardInterrupt:
             if place.main:
                 print(
@@ -424,6 +451,8 @@ def _train(cfg: Config, run_dir: Path, candidates: list[tuple[Path, dict[str, An
                 log.write(before)
                 save_games(run_dir, 0, games["before"])
         for it in range(start, cfg.trainer.iterations):
+            if _INTERRUPTED.is_set():  # a Ctrl-C whose KeyboardInterrupt was swallowed (see _on_sigint)
+                raise KeyboardInterrupt
             t0 = time.perf_counter()
             # whole groups per rank; each rank samples with its own seed (rank 0's is the one process's)
             tasks = distributed.split(c.sampler.tasks(it, cfg.rollout.tasks_per_iteration))

@@ -211,3 +211,32 @@ def test_ctrl_c_stops_cleanly_with_the_resume_command(tmp_path):
     assert proc.returncode == 130, err[-2000:]
     assert "Traceback" not in err and f"trainer.run_dir={tmp_path} trainer.resume=auto" in err
     assert not (tmp_path / ".lock").exists()
+
+
+def test_a_swallowed_ctrl_c_still_stops_the_run(tmp_path, monkeypatch):
+    """Python prints and drops a KeyboardInterrupt raised inside a __del__ (a finished progress bar's, say: a CI run
+    once trained on through a Ctrl-C that landed there). The trainer remembers the Ctrl-C and stops at the next
+    iteration, exit code 130, with the lock released and the iterations done so far logged."""
+    from agentrl.learner import Learner
+
+    class DiesOnCtrlC:
+        def __del__(self) -> None:
+            trainer_module._on_sigint(signal.SIGINT, None)  # what the handler does when the signal lands here
+
+    real_update = Learner.update
+
+    def update(self, *args, **kwargs):
+        out = real_update(self, *args, **kwargs)
+        DiesOnCtrlC()  # collected at once: its KeyboardInterrupt is printed and ignored
+        return out
+
+    monkeypatch.setattr(Learner, "update", update)
+    cfg = load_config(
+        ["experiment=cuebandit", f"trainer.run_dir={tmp_path}", "trainer.iterations=5", "trainer.eval_before=false"]
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        trainer_module.train(cfg)
+    assert exit_info.value.code == 130
+    assert [r["iteration"] for r in read_metrics(tmp_path) if r["kind"] == "train"] == [1]
+    assert not (tmp_path / ".lock").exists()
+    assert signal.getsignal(signal.SIGINT) is not trainer_module._on_sigint  # the previous handler is back
