@@ -146,6 +146,9 @@ def load_config(overrides: list[str] | None = None, config_dir: Path = CONFIG_DI
         raise
     if not isinstance(obj, Config):
         raise ConfigError("configs/config.yaml must compose onto the agentrl schema")
+    from agentrl.policies.models import resolve_precision
+
+    obj.model.dtype = resolve_precision(obj.model)  # model.dtype=auto: bf16 or fp32 for this machine, saved as such
     return obj
 
 

@@ -303,8 +303,8 @@ class Learner:
         problems = cfg.validate() + self.algo.validate(1, reply_length or 1)
         self.correction = cfg.mismatch.resolve(backend)
         problems += check_correction(self.correction, self.algo.loss)
-        if precision not in tuple(Precision):
-            problems.append(unknown_name_message("precision", precision, Precision))
+        if precision not in (Precision.fp32, Precision.bf16):
+            problems.append(unknown_name_message("precision", precision, [Precision.fp32, Precision.bf16]))
         if not temperature > 0:
             problems.append(f"learner temperature must be > 0, got {temperature}")
         if cfg.kl_coef > 0 and ref_model is None:

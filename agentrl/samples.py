@@ -10,6 +10,8 @@ full:   one sample per episode = the whole conversation as the policy saw it at 
 
 from __future__ import annotations
 
+from collections import Counter
+
 import torch
 
 from agentrl.advantages import discounted_returns, grpo_advantages
@@ -102,9 +104,7 @@ def shared_state_fraction(episodes: list[Episode]) -> float:
     """The share of turns whose exact prompt another turn of the same group also saw (what step-level credit can
     compare; logged as train/shared_state_frac)."""
     anchors = _anchors(episodes)
-    counts: dict[tuple[str, tuple[int, ...]], int] = {}
-    for a in anchors:
-        counts[a] = counts.get(a, 0) + 1
+    counts = Counter(anchors)
     return sum(counts[a] > 1 for a in anchors) / max(len(anchors), 1)
 
 

@@ -345,7 +345,8 @@ def say(*args: Any, **kwargs: Any) -> None:
 
 
 def train(cfg: Config) -> dict[str, Any]:
-    """Run the training loop; returns {"run_dir", "before", "after"} (eval rows). Under torchrun every rank calls
+    """Run the training loop; returns {"run_dir", "before", "after"} (eval rows) and "random" (the random-admissible
+    agent's success per eval set and seed, trainer.random_baseline_seeds; rank 0). Under torchrun every rank calls
     it: rank 0 owns the run directory, the metrics and the console; all ranks train, evaluate and checkpoint."""
     from agentrl.policies.models import resolve_device
 
@@ -502,10 +503,11 @@ def _train(cfg: Config, run_dir: Path, candidates: list[tuple[Path, dict[str, An
         c.close()
         if log is not None:
             log.close()
+    luck: dict[str, list[float]] = {}
     if place.main:
         luck = random_baseline(cfg, c.panels) if cfg.trainer.random_baseline_seeds > 0 else {}
         print_summary(before, after, [name for name, _, _ in c.panels], run_dir, games, luck)
-    return {"run_dir": run_dir, "before": before, "after": after}
+    return {"run_dir": run_dir, "before": before, "after": after, "random": luck}
 
 
 def save_games(run_dir: Path, iteration: int, games: dict[str, list]) -> None:
@@ -525,6 +527,13 @@ def paired_difference(before: list[dict], after: list[dict]) -> tuple[float, flo
         return (diffs[0] if diffs else 0.0), float("nan"), n
     mean = sum(diffs) / n
     return mean, math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1) / n), n
+
+
+def in_standard_errors(diff: float, se: float) -> float:
+    """diff / se; 0 for no difference with no spread (every game unchanged), inf for a difference with no spread."""
+    if se > 0:
+        return diff / se
+    return 0.0 if diff == 0 else math.inf
 
 
 def config_yaml(cfg: Config) -> str:
@@ -567,7 +576,7 @@ def print_summary(
             diff, se, n = paired_difference(games["before"][name], games["after"][name])
             print(
                 f"after - before: {100 * diff:+.1f} points ± {100 * se:.1f} (standard error of the paired per-game "
-                f"difference, {n} games): {diff / se if se > 0 else (0.0 if diff == 0 else float('inf')):.1f} standard errors"
+                f"difference, {n} games): {in_standard_errors(diff, se):.1f} standard errors"
             )
     print(f"\nrun directory: {run_dir.resolve()}")
 

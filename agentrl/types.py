@@ -28,10 +28,12 @@ class Choice(str, Enum):
 
 class Precision(Choice):
     """Compute precision. Weights and optimizer state are always fp32 (master copy); bf16 runs the model under
-    autocast, for generation and training alike (the paper protocols: bf16 compute, fp32 master weights)."""
+    autocast, for generation and training alike (the paper protocols: bf16 compute, fp32 master weights). `auto` is
+    resolved to one of the two when the config loads (policies/models.py resolve_precision)."""
 
     fp32 = "fp32"
     bf16 = "bf16"
+    auto = "auto"  # bf16 where the device computes it natively (a CUDA GPU with bf16, a CPU with avx512_bf16/AMX)
 
 
 class SampleMode(Choice):

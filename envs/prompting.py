@@ -90,6 +90,11 @@ def project_action(reply: str, *, require_think: bool = True) -> tuple[str, bool
     return action, valid
 
 
+def offered(admissible: list[str] | None) -> list[str]:
+    """The admissible actions a prompt lists: all but ALFWorld's "help" (it only prints the command list)."""
+    return [a for a in admissible or [] if a != "help"]
+
+
 @dataclass
 class AgentPromptFormat:
     """The verl-agent multi-turn protocol for any env with admissible actions.
@@ -107,7 +112,7 @@ class AgentPromptFormat:
     def render(
         self, task: str, history: list[HistoryItem], observation: str, admissible: list[str] | None, *, window: int
     ) -> list[dict[str, str]]:
-        actions = [a for a in admissible or [] if a != "help"]
+        actions = offered(admissible)
         example = actions[0] if actions else "look"
         instruction = REASONING_INSTRUCTION if self.reasoning else ACTION_ONLY_INSTRUCTION.format(example=example)
         fields = {
@@ -177,7 +182,7 @@ class TersePromptFormat(AgentPromptFormat):
         for h in history[-window:] if window > 0 else []:  # a transcript: what was seen, then "> what was done"
             lines.append(f"{strip(h.observation)}\n> {h.action}")
         lines.append(strip(observation))
-        actions = [a for a in admissible or [] if a != "help"]
+        actions = offered(admissible)
         if self.list_actions and actions:
             lines.append("Actions: " + "; ".join(actions))
         lines.append(self.instruction if not self.reasoning else REASONING_INSTRUCTION)

@@ -70,6 +70,21 @@ def test_dr_grpo_length_normaliser_follows_the_reply_length():
     assert cfg.algo.loss_options(cfg.rollout.max_new_tokens) == {"agg": "seq-mean-token-sum-norm", "norm_length": 77}
 
 
+def test_model_dtype_auto_is_bf16_only_where_the_machine_computes_it_natively(monkeypatch):
+    from agentrl.policies import models
+
+    for native, want in ((True, "bf16"), (False, "fp32")):  # an AVX2-only CPU emulates bf16, far slower than fp32
+        monkeypatch.setattr(models, "cpu_has_native_bf16", lambda native=native: native)
+        cfg = load_config(["model.dtype=auto", "model.device=cpu"])
+        assert cfg.model.dtype == want  # resolved when the config loads: config.yaml records what ran
+    assert load_config(["model.dtype=fp32"]).model.dtype == "fp32"  # explicit choices are kept
+    with pytest.raises(ConfigError, match="unknown precision 'auto'"):
+        from agentrl.learner import Learner
+        from tests.conftest import make_tiny
+
+        Learner(make_tiny()[0], LearnerConfig(), precision="auto")  # an unresolved auto never reaches the learner
+
+
 def test_fixed_value_fields_are_rejected_when_composed():
     with pytest.raises(ConfigError, match="window"):
         load_config(["rollout.sample_mode=windw"])

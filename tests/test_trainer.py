@@ -32,6 +32,7 @@ def test_tiny_model_learns_cuebandit_from_scratch(algo, tmp_path, capsys):
     assert result["after"]["eval/panel/success"] >= 0.9, result["after"]
     summary = capsys.readouterr().out  # the before/after table with luck's column and the paired difference
     assert "| random (2 seeds) |" in summary and "invalid-reply rate: before" in summary
+    assert len(result["random"]["panel"]) == 2 and all(0.0 <= s <= 1.0 for s in result["random"]["panel"])
     before = json.loads((tmp_path / "eval" / "iter-000000.json").read_text())["panel"]
     after = json.loads((tmp_path / "eval" / f"iter-{cfg.trainer.iterations:06d}.json").read_text())["panel"]
     assert all(len(g["actions"]) == g["turns"] > 0 for g in before + after)  # what the agent did, per game
@@ -53,6 +54,9 @@ def test_paired_difference_is_over_the_same_games():
     diff, se, n = trainer_module.paired_difference(before, after)
     assert (diff, n) == (0.5, 4)  # differences 1, 1, 0, 0: sample std 0.577, / √4
     assert se == pytest.approx((1 / 3) ** 0.5 / 2)
+    assert trainer_module.in_standard_errors(diff, se) == pytest.approx(0.5 / se)
+    assert trainer_module.in_standard_errors(0.0, 0.0) == 0.0  # every game unchanged
+    assert trainer_module.in_standard_errors(1.0, 0.0) == float("inf")  # every game flipped to a win
 
 
 def _train_cmd(run_dir: Path, extra: list[str]) -> list[str]:
