@@ -115,6 +115,17 @@ def barrier() -> None:
         dist.barrier()
 
 
+def shutdown(*, clean: bool = True) -> None:
+    """Destroy the process group (if any). `clean` (every rank got here normally): a barrier first, so no rank tears
+    its gloo connections down while a peer still uses them (gloo then aborts the peer: "terminate called without an
+    active exception"). After an error the barrier is skipped: a peer may never arrive."""
+    if not (dist.is_available() and dist.is_initialized()):  # a vLLM engine's shutdown may have done it
+        return
+    if clean:
+        dist.barrier()
+    dist.destroy_process_group()
+
+
 def broadcast(value: Any) -> Any:
     """Rank 0's `value` on every rank (a picklable object)."""
     if not current().enabled:

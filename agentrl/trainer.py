@@ -351,11 +351,14 @@ def train(cfg: Config) -> dict[str, Any]:
     from agentrl.policies.models import resolve_device
 
     place = distributed.init(resolve_device(cfg.model.device).type if distributed.from_env().enabled else "cpu")
+    clean = False
     try:
-        return _launch(cfg, place)
+        result = _launch(cfg, place)
+        clean = True
+        return result
     finally:
-        if place.enabled and torch.distributed.is_initialized():  # a vLLM engine's shutdown may have done it
-            torch.distributed.destroy_process_group()
+        if place.enabled:
+            distributed.shutdown(clean=clean)
 
 
 _INTERRUPTED = threading.Event()

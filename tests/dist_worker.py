@@ -55,8 +55,7 @@ def evaluate_panel(out: Path) -> None:
         c.close()
     summary = {"success": result.success, "invalid_rate": result.invalid_rate, "games": result.episodes}
     (out / f"eval-{place.world}-rank{place.rank}.json").write_text(json.dumps(summary))
-    if place.enabled:
-        torch.distributed.destroy_process_group()
+    distributed.shutdown()  # a barrier first: a rank that exits early would abort its peer's gloo threads
 
 
 def main(scenario: str, out: Path) -> None:
@@ -96,8 +95,7 @@ def main(scenario: str, out: Path) -> None:
     (out / f"{scenario}-{place.world}-rank{place.rank}.json").write_text(json.dumps(result))
     if place.main:
         torch.save(weights, out / f"{scenario}-{place.world}.pt")
-    if place.enabled:
-        torch.distributed.destroy_process_group()
+    distributed.shutdown()  # a barrier first: a rank that exits early would abort its peer's gloo threads
 
 
 if __name__ == "__main__":
