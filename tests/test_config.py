@@ -71,7 +71,9 @@ def test_dr_grpo_length_normaliser_follows_the_reply_length():
 
 
 def test_model_dtype_auto_is_bf16_only_where_the_machine_computes_it_natively(monkeypatch):
+    from agentrl.learner import Learner
     from agentrl.policies import models
+    from tests.conftest import make_tiny
 
     for native, want in ((True, "bf16"), (False, "fp32")):  # an AVX2-only CPU emulates bf16, far slower than fp32
         monkeypatch.setattr(models, "cpu_has_native_bf16", lambda native=native: native)
@@ -79,9 +81,6 @@ def test_model_dtype_auto_is_bf16_only_where_the_machine_computes_it_natively(mo
         assert cfg.model.dtype == want  # resolved when the config loads: config.yaml records what ran
     assert load_config(["model.dtype=fp32"]).model.dtype == "fp32"  # explicit choices are kept
     with pytest.raises(ConfigError, match="unknown precision 'auto'"):
-        from agentrl.learner import Learner
-        from tests.conftest import make_tiny
-
         Learner(make_tiny()[0], LearnerConfig(), precision="auto")  # an unresolved auto never reaches the learner
 
 
