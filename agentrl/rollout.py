@@ -44,6 +44,9 @@ class RolloutConfig:
     env_memory_mb: int = 8192  # address-space cap per env worker above its start size (0: none); over it: restart
     pipeline_chunks: int = 2  # >1: generate chunk k+1 while the env workers step chunk k (hides env time)
     temperature: float = 1.0  # the learner's log-probs are those of this sampled distribution
+    # training only: group member k samples at member_temperatures[k % len] (each row then scored by the learner at
+    # its own), so one group holds hot, exploring members and cold, near-greedy ones; []: all at `temperature`
+    member_temperatures: list[float] = field(default_factory=list)
     top_p: float = 1.0
     max_new_tokens: int = 512  # reply length limit (also Dr.GRPO's constant length normaliser)
     stop: list[str] = field(default_factory=list)
@@ -91,6 +94,14 @@ class RolloutConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= low):
                 problems.append(f"rollout.{name} must be a finite number >= {low}, got {value}")
+        for value in self.member_temperatures:
+            if not (math.isfinite(value) and value > 0):
+                problems.append(f"rollout.member_temperatures: every entry must be a finite number > 0, got {value}")
+        if len(self.member_temperatures) > self.group_size:
+            problems.append(
+                f"rollout.member_temperatures has {len(self.member_temperatures)} entries for a group of "
+                f"{self.group_size}: the extra ones would never be used; give at most rollout.group_size"
+            )
         if not (0.0 < self.top_p <= 1.0):
             problems.append(f"rollout.top_p must be in (0, 1], got {self.top_p}")
         if not (math.isfinite(self.env_timeout_s) and self.env_timeout_s > 0):
@@ -164,6 +175,7 @@ class RolloutManager:
         self.pool, self.policy, self.format, self.cfg = pool, policy, prompt_format, cfg
         self.max_turns = cfg.eval_max_turns if evaluation else cfg.max_turns
         self.sampling = cfg.sampling(seed, evaluation=evaluation, logprobs=logprobs)
+        self.member_temperatures = [] if evaluation else list(cfg.member_temperatures)
         self.chat = ChatTokens(tokenizer)
         self.timings = RolloutTimings()
 
@@ -186,6 +198,7 @@ class RolloutManager:
         resets = self.pool.reset([(slot, t.seed, {"instance": t.instance}) for slot, t in enumerate(members)])
         self.timings.env_s += time.perf_counter() - started
         live = []
+        temps = self.member_temperatures
         for slot, (task, result) in enumerate(zip(members, resets)):
             ep = Episode(
                 episode_id=slot,
@@ -193,6 +206,7 @@ class RolloutManager:
                 task=str(result.info.get("task", "")),
                 task_type=str(result.info.get("task_type", "")),
                 instance=str(result.info.get("instance", "")),
+                temperature=temps[(slot % g) % len(temps)] if temps else None,
             )
             state = _Live(ep, slot, result.observation, result.info)
             if result.error:
@@ -234,9 +248,12 @@ class RolloutManager:
             part = range(bounds[k], bounds[k + 1])
             started = time.perf_counter()
             seed = None if sampling.seed is None else generation_seed(sampling.seed, iteration, turn, k)
-            chunk_sampling = replace(sampling, seed=seed)
-            chunk_constraints = [constraints[i] for i in part] if self.cfg.constrained_actions else None
-            completions = self.policy.generate([prompts[i][0] for i in part], chunk_sampling, chunk_constraints)
+            completions = self._generate(
+                [active[i].episode.temperature for i in part],
+                [prompts[i][0] for i in part],
+                replace(sampling, seed=seed),
+                [constraints[i] for i in part] if self.cfg.constrained_actions else None,
+            )
             self.timings.generation_s += time.perf_counter() - started
             actions = [self._record(active[i], prompts[i], c, constraints[i]) for i, c in zip(part, completions)]
             started = time.perf_counter()
@@ -253,6 +270,29 @@ class RolloutManager:
                 self._apply(active[i], result)
             self.timings.env_busy_s += max(busy.values(), default=0.0)
         self.timings.env_wait_s += time.perf_counter() - started
+
+    def _generate(
+        self,
+        temperatures: list[float | None],
+        prompts: list[list[int]],
+        sampling: SamplingParams,
+        constraints: list[Constraint | None] | None,
+    ) -> list:
+        """One completion per prompt, each at its episode's temperature (None: `sampling`'s): one generate call per
+        distinct temperature (the k-th with the call's seed + k, so the calls' samples differ)."""
+        values = [sampling.temperature if t is None else t for t in temperatures]
+        out: list = [None] * len(prompts)
+        for k, value in enumerate(dict.fromkeys(values)):
+            part = [i for i, v in enumerate(values) if v == value]
+            seed = None if sampling.seed is None else sampling.seed + k * 1_000_003
+            completions = self.policy.generate(
+                [prompts[i] for i in part],
+                replace(sampling, temperature=value, seed=seed),
+                None if constraints is None else [constraints[i] for i in part],
+            )
+            for i, completion in zip(part, completions):
+                out[i] = completion
+        return out
 
     def _constraint(self, state: _Live) -> Constraint | None:
         """With rollout.constrained_actions: the token ids of every reply naming an admissible action, each closed
@@ -348,6 +388,17 @@ def episode_totals(episodes: list[Episode]) -> dict[str, float]:
         "turns": float(sum(len(e.turns) for e in episodes)),
         "env_errors": float(sum(e.truncation_reason.startswith("env_error") for e in episodes)),
         "length_limited": float(sum(t.finish_reason == "length" for e in episodes for t in e.turns)),
+    }
+
+
+def success_by_temperature(episodes: list[Episode]) -> dict[str, float]:
+    """rollout/success_T<t> per member temperature (rollout.member_temperatures; {} without them). Every rank holds
+    the same number of episodes at each temperature, so the mean over ranks is the run's rate."""
+    temps = sorted({e.temperature for e in episodes if e.temperature is not None})
+    return {
+        f"rollout/success_T{t:g}": sum(e.won for e in at) / len(at)
+        for t in temps
+        for at in [[e for e in episodes if e.temperature == t]]
     }
 
 

@@ -30,6 +30,7 @@ def _window_samples(episode: Episode) -> list[Sample]:
             turn_index=k,
             allowed=turn.allowed_ids,
             rollout_logprobs=turn.completion_logprobs,
+            temperature=episode.temperature,
         )
         for k, turn in enumerate(episode.turns)
     ]
@@ -56,6 +57,7 @@ def _full_sample(episode: Episode) -> Sample:
         episode_id=episode.episode_id,
         allowed=allowed,
         rollout_logprobs=None if any(lp is None for lp in per_turn) else [x for lp in per_turn for x in lp or []],
+        temperature=episode.temperature,
     )
 
 

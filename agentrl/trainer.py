@@ -49,7 +49,14 @@ from agentrl.evaluation import evaluate_rollout, panel_for
 from agentrl.learner import Learner
 from agentrl.metrics import MetricsLog
 from agentrl.policies.vllm import VllmSpec
-from agentrl.rollout import RolloutConfig, RolloutManager, Task, episode_totals, stats_from_totals
+from agentrl.rollout import (
+    RolloutConfig,
+    RolloutManager,
+    Task,
+    episode_totals,
+    stats_from_totals,
+    success_by_temperature,
+)
 from agentrl.rundir import RunLock, default_run_dir, point_latest, prepare_run_dir
 from agentrl.samples import build_samples, informative, shared_state_fraction
 
@@ -486,7 +493,14 @@ def _train(cfg: Config, run_dir: Path, candidates: list[tuple[Path, dict[str, An
                 "iteration": it + 1,
                 "kind": "train",
                 **stats_from_totals(totals),
-                **distributed.mean_metrics({**c.rollout.timings.as_dict(), **update, **sync_stats(c.policy)}),
+                **distributed.mean_metrics(
+                    {
+                        **success_by_temperature(episodes),
+                        **c.rollout.timings.as_dict(),
+                        **update,
+                        **sync_stats(c.policy),
+                    }
+                ),
                 "rollout/samples": int(all_rows),
                 "time/rollout_s": t1 - t0,
                 "time/update_s": t2 - t1,

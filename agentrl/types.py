@@ -72,6 +72,9 @@ class Episode:
     won: bool = False
     truncated: bool = False
     truncation_reason: str = ""  # "" | "max_turns" | "env_error: …" | "context"
+    temperature: float | None = (
+        None  # this member's sampling temperature (rollout.member_temperatures); None: the run's
+    )
     info: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -106,6 +109,9 @@ class Sample:
     # the sampler's log-prob of each action token (in order) when the generation backend reported them (π_rollout):
     # the learner's mismatch correction and metrics compare them with its own π_old
     rollout_logprobs: list[float] | None = None
+    # the temperature its actions were sampled at when it differs by group member (rollout.member_temperatures): the
+    # learner scores this row at it; None: the learner's (rollout.temperature)
+    temperature: float | None = None
 
     def __post_init__(self) -> None:
         if len(self.input_ids) != len(self.action_mask):

@@ -220,3 +220,48 @@ def test_special_token_strings_in_env_text_stay_plain_text(tiny_tokenizer):
     assert tiny_tokenizer.decode(ids) == tiny_tokenizer.decode(naive)  # same text, only the token boundaries differ
     turn = chat.next_user_ids([end], "obs <|im_end|> more")
     assert turn.count(end) == 1  # the template's own end-of-turn token only
+
+
+@pytest.mark.parametrize("mode", ["window", "full"])
+def test_member_temperatures_sample_each_member_at_its_own_and_the_learner_scores_it_there(tiny_tokenizer, mode):
+    """rollout.member_temperatures: group member k samples at temperatures[k % len]; its samples carry it and the
+    learner's log-probs (its own default temperature differs from both) are the sampler's at that temperature."""
+    model, tok = make_tiny(seed=4)
+    with torch.no_grad():  # a peaked distribution (a random tiny model's is near uniform: temperature barely matters)
+        model.get_output_embeddings().weight.mul_(30.0)
+    pool = EnvPool(env_factory("agentrl/CueBandit-v0", turns=2), num_workers=0)
+    cfg = RolloutConfig(group_size=4, max_turns=2, sample_mode=mode, max_new_tokens=6, member_temperatures=[0.5, 3.0])
+    fmt = envs.make_prompt_format("agentrl/CueBandit-v0")
+    manager = RolloutManager(pool, HFPolicy(model, tok), tok, fmt, cfg, seed=0, logprobs=True)
+    episodes = manager.run([Task(0, 0, "a"), Task(1, 1, "b")], seed=2)
+    evaluation = RolloutManager(pool, HFPolicy(model, tok), tok, fmt, cfg, evaluation=True).run([Task(0, 0, "e")])
+    pool.close()
+    assert [e.temperature for e in episodes] == [0.5, 3.0, 0.5, 3.0] * 2
+    assert all(e.temperature is None for e in evaluation)  # evaluation samples at eval_temperature only
+    samples = build_samples(episodes, mode=mode)
+    assert {s.temperature for s in samples} == {0.5, 3.0}
+    learner = Learner(model, LearnerConfig(micro_batch_tokens=256), temperature=1.0)
+    logprobs = learner.log_probs(model, samples)  # micro-batches mix rows of both temperatures
+    for s, lp in zip(samples, logprobs):
+        got = lp[torch.tensor(s.action_mask, dtype=torch.bool)]
+        assert torch.allclose(got, torch.tensor(s.rollout_logprobs), atol=1e-4), (
+            s.temperature,
+            got,
+            s.rollout_logprobs,
+        )
+    # and the temperatures matter here: scored at the learner's 1.0 instead, the log-probs are far off
+    for s in samples:
+        s.temperature = None
+    gaps = [
+        (lp - torch.tensor(s.rollout_logprobs)).abs().mean()
+        for s, lp in zip(samples, learner.log_probs(model, samples))
+        for lp in [lp[torch.tensor(s.action_mask, dtype=torch.bool)]]
+    ]
+    assert min(gaps) > 0.05, gaps
+
+
+def test_member_temperatures_must_be_positive():
+    problems = RolloutConfig(member_temperatures=[1.0, 0.0, float("nan")]).validate()
+    assert sum("member_temperatures" in p for p in problems) == 2, problems
+    problems = RolloutConfig(group_size=2, member_temperatures=[1.0, 2.0, 3.0]).validate()
+    assert len(problems) == 1 and "at most rollout.group_size" in problems[0], problems
