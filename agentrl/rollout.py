@@ -394,12 +394,11 @@ def episode_totals(episodes: list[Episode]) -> dict[str, float]:
 def success_by_temperature(episodes: list[Episode]) -> dict[str, float]:
     """rollout/success_T<t> per member temperature (rollout.member_temperatures; {} without them). Every rank holds
     the same number of episodes at each temperature, so the mean over ranks is the run's rate."""
-    temps = sorted({e.temperature for e in episodes if e.temperature is not None})
-    return {
-        f"rollout/success_T{t:g}": sum(e.won for e in at) / len(at)
-        for t in temps
-        for at in [[e for e in episodes if e.temperature == t]]
-    }
+    by_temperature: dict[float, list[bool]] = {}
+    for e in episodes:
+        if e.temperature is not None:
+            by_temperature.setdefault(e.temperature, []).append(e.won)
+    return {f"rollout/success_T{t:g}": sum(won) / len(won) for t, won in sorted(by_temperature.items())}
 
 
 def episode_stats(episodes: list[Episode]) -> dict[str, float]:

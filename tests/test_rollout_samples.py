@@ -15,7 +15,7 @@ from agentrl.learner import Learner, LearnerConfig
 from agentrl.policies.base import SamplingParams
 from agentrl.policies.hf import HFPolicy
 from agentrl.policies.scripted import ScriptedPolicy, echo_admissible
-from agentrl.rollout import RolloutConfig, RolloutManager, Task, episode_stats
+from agentrl.rollout import RolloutConfig, RolloutManager, Task, episode_stats, success_by_temperature
 from agentrl.samples import AdvantageConfig, build_samples
 from tests.conftest import make_tiny
 
@@ -238,6 +238,13 @@ def test_member_temperatures_sample_each_member_at_its_own_and_the_learner_score
     pool.close()
     assert [e.temperature for e in episodes] == [0.5, 3.0, 0.5, 3.0] * 2
     assert all(e.temperature is None for e in evaluation)  # evaluation samples at eval_temperature only
+    episodes[0].won, episodes[1].won = True, False
+    rates = success_by_temperature(episodes)
+    assert rates == {
+        "rollout/success_T0.5": sum(e.won for e in episodes[::2]) / 4,
+        "rollout/success_T3": 0.0 + sum(e.won for e in episodes[1::2]) / 4,
+    }
+    assert rates["rollout/success_T0.5"] >= 0.25 and success_by_temperature(evaluation) == {}
     samples = build_samples(episodes, mode=mode)
     assert {s.temperature for s in samples} == {0.5, 3.0}
     learner = Learner(model, LearnerConfig(micro_batch_tokens=256), temperature=1.0)
