@@ -58,13 +58,15 @@ $(ALFWORLD_DATA_DIR)/train/manifest.json:
 	$(BIN)/python scripts/generate_alfworld.py --out $(ALFWORLD_DATA_DIR) --split train --num 120 --seed 0
 	$(BIN)/python scripts/generate_alfworld.py --out $(ALFWORLD_DATA_DIR) --split valid_unseen --num 24 --seed 0 --panel-size 8
 
-# the quickstart's games: pick-and-place only, at most 2 receptacles, no distractor objects (~40 s)
+# the quickstart's games: pick-and-place only, at most 2 receptacles, no distractor objects (~10 s)
 QUICK_DATA_DIR ?= data/alfworld-pick2
 QUICK_GAMES := --task-types pick_and_place_simple --max-receptacles 2 --distractors 0 --seed 0
 
+# the two splits are generated side by side (one core each; each writes only its own folder)
 $(QUICK_DATA_DIR)/train/manifest.json:
-	$(BIN)/python scripts/generate_alfworld.py --out $(QUICK_DATA_DIR) --split train --num 48 $(QUICK_GAMES)
-	$(BIN)/python scripts/generate_alfworld.py --out $(QUICK_DATA_DIR) --split valid_unseen --num 24 --panel-size 24 $(QUICK_GAMES)
+	$(BIN)/python scripts/generate_alfworld.py --out $(QUICK_DATA_DIR) --split train --num 48 $(QUICK_GAMES) & train=$$!; \
+	$(BIN)/python scripts/generate_alfworld.py --out $(QUICK_DATA_DIR) --split valid_unseen --num 24 --panel-size 24 \
+		$(QUICK_GAMES); valid=$$?; wait $$train && test $$valid -eq 0
 
 quickstart: setup $(QUICK_DATA_DIR)/train/manifest.json
 	$(BIN)/python scripts/train.py experiment=quickstart

@@ -410,13 +410,14 @@ def resume_changes(saved: dict[str, Any], cfg: Config) -> tuple[list[str], list[
     """(refused, applied) differences between a checkpoint's config and the config resuming it.
 
     Refused: anything that would silently mix two runs in one (model, loss, seed, sampling, env, …), and
-    trainer.iterations when the p schedule spans the run (it would re-time the annealing mid-run).
+    trainer.iterations when the p schedule or the temperature annealing spans the run (it would re-time it mid-run).
     """
     old, new = _flatten(saved), _flatten(config_dict(cfg))
     for flat in (old, new):  # compare the schedule's effective length (0 means trainer.iterations)
         if not flat.get("algo.p_schedule_steps"):
             flat["algo.p_schedule_steps"] = flat.get("trainer.iterations")
     schedule_spans_run = not cfg.algo.p_schedule_steps and cfg.algo.p_start != cfg.algo.p_end
+    annealing = cfg.rollout.temperature_end is not None  # its schedule spans trainer.iterations too
     refused, applied = [], []
     for key in sorted(set(old) | set(new)):
         if old.get(key, "<unset>") == new.get(key, "<unset>"):
@@ -425,6 +426,8 @@ def resume_changes(saved: dict[str, Any], cfg: Config) -> tuple[list[str], list[
         if key == "trainer.iterations" and schedule_spans_run:
             hint = f"the p schedule spans trainer.iterations; set algo.p_schedule_steps={old.get(key)} to keep it"
             refused.append(f"{line} ({hint})")
+        elif key == "trainer.iterations" and annealing:
+            refused.append(f"{line} (rollout.temperature_end anneals the sampling temperature over trainer.iterations)")
         elif key.startswith(RESUMABLE_CHANGES) and key != "trainer.seed":
             applied.append(line)
         else:

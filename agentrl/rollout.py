@@ -47,6 +47,9 @@ class RolloutConfig:
     # training only: group member k samples at member_temperatures[k % len] (each row then scored by the learner at
     # its own), so one group holds hot, exploring members and cold, near-greedy ones; []: all at `temperature`
     member_temperatures: list[float] = field(default_factory=list)
+    # training only: anneal geometrically from `temperature` at the first iteration to this at the last (member
+    # temperatures scale by the same factor); each row is scored by the learner at its iteration's; None: constant
+    temperature_end: float | None = None
     top_p: float = 1.0
     max_new_tokens: int = 512  # reply length limit (also Dr.GRPO's constant length normaliser)
     stop: list[str] = field(default_factory=list)
@@ -69,6 +72,16 @@ class RolloutConfig:
             seed=seed,
             logprobs=logprobs,
         )
+
+    def training_temperatures(self, iteration: int, iterations: int) -> list[float]:
+        """The member temperatures of training iteration `iteration` (0-based) of `iterations`: `member_temperatures`
+        ([] = all at `temperature`), each scaled by (temperature_end / temperature) ** (iteration / (iterations - 1))
+        when annealing (then never [], so every episode carries the temperature the learner must score it at)."""
+        if self.temperature_end is None:
+            return list(self.member_temperatures)
+        fraction = iteration / (iterations - 1) if iterations > 1 else 0.0
+        factor = (self.temperature_end / self.temperature) ** min(max(fraction, 0.0), 1.0)
+        return [t * factor for t in (self.member_temperatures or [self.temperature])]
 
     def validate(self) -> list[str]:
         problems = []
@@ -97,6 +110,9 @@ class RolloutConfig:
         for value in self.member_temperatures:
             if not (math.isfinite(value) and value > 0):
                 problems.append(f"rollout.member_temperatures: every entry must be a finite number > 0, got {value}")
+        end = self.temperature_end
+        if end is not None and not (math.isfinite(end) and end > 0):
+            problems.append(f"rollout.temperature_end must be a finite number > 0 (or null: no annealing), got {end}")
         if len(self.member_temperatures) > self.group_size:
             problems.append(
                 f"rollout.member_temperatures has {len(self.member_temperatures)} entries for a group of "
@@ -175,6 +191,7 @@ class RolloutManager:
         self.pool, self.policy, self.format, self.cfg = pool, policy, prompt_format, cfg
         self.max_turns = cfg.eval_max_turns if evaluation else cfg.max_turns
         self.sampling = cfg.sampling(seed, evaluation=evaluation, logprobs=logprobs)
+        self.evaluation = evaluation
         self.member_temperatures = [] if evaluation else list(cfg.member_temperatures)
         self.chat = ChatTokens(tokenizer)
         self.timings = RolloutTimings()
@@ -186,10 +203,13 @@ class RolloutManager:
         group_size: int | None = None,
         seed: int = 0,
         sampling: SamplingParams | None = None,
+        temperatures: list[float] | None = None,
         progress: bool = False,
         desc: str = "rollout",
     ) -> list[Episode]:
-        """Play each task `group_size` times (same instance and env seed; different sampling) until all end."""
+        """Play each task `group_size` times (same instance and env seed; different sampling) until all end.
+        `temperatures`: this call's member temperatures (RolloutConfig.training_temperatures; default: the config's
+        member_temperatures; ignored in evaluation)."""
         g = group_size or self.cfg.group_size
         sampling = sampling or self.sampling
         self.timings = RolloutTimings()
@@ -198,7 +218,7 @@ class RolloutManager:
         resets = self.pool.reset([(slot, t.seed, {"instance": t.instance}) for slot, t in enumerate(members)])
         self.timings.env_s += time.perf_counter() - started
         live = []
-        temps = self.member_temperatures
+        temps = self.member_temperatures if temperatures is None or self.evaluation else list(temperatures)
         for slot, (task, result) in enumerate(zip(members, resets)):
             ep = Episode(
                 episode_id=slot,
@@ -391,14 +411,31 @@ def episode_totals(episodes: list[Episode]) -> dict[str, float]:
     }
 
 
-def success_by_temperature(episodes: list[Episode]) -> dict[str, float]:
-    """rollout/success_T<t> per member temperature (rollout.member_temperatures; {} without them). Every rank holds
-    the same number of episodes at each temperature, so the mean over ranks is the run's rate."""
-    by_temperature: dict[float, list[bool]] = {}
+def success_by_temperature(episodes: list[Episode], scale: float = 1.0) -> dict[str, float]:
+    """rollout/success_T<t> per member temperature ({} when no episode carries one), t named as configured: each
+    episode's temperature divided by `scale` (the iteration's annealing factor, rollout.temperature_end). Every rank
+    holds the same number of episodes at each temperature, so the mean over ranks is the run's rate."""
+    by_temperature: dict[str, list[bool]] = {}
     for e in episodes:
         if e.temperature is not None:
-            by_temperature.setdefault(e.temperature, []).append(e.won)
-    return {f"rollout/success_T{t:g}": sum(won) / len(won) for t, won in sorted(by_temperature.items())}
+            by_temperature.setdefault(f"{e.temperature / scale:g}", []).append(e.won)
+    return {f"rollout/success_T{t}": sum(won) / len(won) for t, won in sorted(by_temperature.items(), key=_by_value)}
+
+
+def temperature_metrics(cfg: RolloutConfig, temperatures: list[float], episodes: list[Episode]) -> dict[str, float]:
+    """A training iteration's temperature metrics: rollout/temperature when annealing (rollout.temperature_end) and
+    rollout/success_T<t> per configured member temperature (rollout.member_temperatures); `temperatures`: the
+    iteration's (RolloutConfig.training_temperatures)."""
+    base = cfg.member_temperatures or [cfg.temperature]
+    scale = temperatures[0] / base[0] if temperatures else 1.0
+    out = {"rollout/temperature": cfg.temperature * scale} if cfg.temperature_end is not None else {}
+    if cfg.member_temperatures:
+        out.update(success_by_temperature(episodes, scale))
+    return out
+
+
+def _by_value(item: tuple[str, list[bool]]) -> float:
+    return float(item[0])
 
 
 def episode_stats(episodes: list[Episode]) -> dict[str, float]:

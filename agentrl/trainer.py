@@ -55,7 +55,7 @@ from agentrl.rollout import (
     Task,
     episode_totals,
     stats_from_totals,
-    success_by_temperature,
+    temperature_metrics,
 )
 from agentrl.rundir import RunLock, default_run_dir, point_latest, prepare_run_dir
 from agentrl.samples import build_samples, informative, shared_state_fraction
@@ -467,7 +467,10 @@ def _train(cfg: Config, run_dir: Path, candidates: list[tuple[Path, dict[str, An
             t0 = time.perf_counter()
             # whole groups per rank; each rank samples with its own seed (rank 0's is the one process's)
             tasks = distributed.split(c.sampler.tasks(it, cfg.rollout.tasks_per_iteration))
-            episodes = c.rollout.run(tasks, seed=it * place.world + place.rank, progress=progress)
+            temperatures = cfg.rollout.training_temperatures(it, cfg.trainer.iterations)
+            episodes = c.rollout.run(
+                tasks, seed=it * place.world + place.rank, temperatures=temperatures, progress=progress
+            )
             samples = built = build_samples(episodes, cfg.rollout.sample_mode, cfg.algo.advantage)
             if cfg.algo.advantage.filter_groups:
                 samples = informative(built)
@@ -495,7 +498,7 @@ def _train(cfg: Config, run_dir: Path, candidates: list[tuple[Path, dict[str, An
                 **stats_from_totals(totals),
                 **distributed.mean_metrics(
                     {
-                        **success_by_temperature(episodes),
+                        **temperature_metrics(cfg.rollout, temperatures, episodes),
                         **c.rollout.timings.as_dict(),
                         **update,
                         **sync_stats(c.policy),
@@ -532,6 +535,11 @@ def save_games(run_dir: Path, iteration: int, games: dict[str, list]) -> None:
     folder = run_dir / "eval"
     folder.mkdir(exist_ok=True)
     (folder / f"iter-{iteration:06d}.json").write_text(json.dumps(games, indent=1))
+
+
+def load_games(run_dir: Path, iteration: int) -> dict[str, list]:
+    """The per-game outcomes save_games wrote for `iteration` ({eval set: [game, …]})."""
+    return json.loads((Path(run_dir) / "eval" / f"iter-{iteration:06d}.json").read_text())
 
 
 def paired_difference(before: list[dict], after: list[dict]) -> tuple[float, float, int]:

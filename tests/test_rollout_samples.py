@@ -15,7 +15,14 @@ from agentrl.learner import Learner, LearnerConfig
 from agentrl.policies.base import SamplingParams
 from agentrl.policies.hf import HFPolicy
 from agentrl.policies.scripted import ScriptedPolicy, echo_admissible
-from agentrl.rollout import RolloutConfig, RolloutManager, Task, episode_stats, success_by_temperature
+from agentrl.rollout import (
+    RolloutConfig,
+    RolloutManager,
+    Task,
+    episode_stats,
+    success_by_temperature,
+    temperature_metrics,
+)
 from agentrl.samples import AdvantageConfig, build_samples
 from tests.conftest import make_tiny
 
@@ -272,3 +279,43 @@ def test_member_temperatures_must_be_positive():
     assert sum("member_temperatures" in p for p in problems) == 2, problems
     problems = RolloutConfig(group_size=2, member_temperatures=[1.0, 2.0, 3.0]).validate()
     assert len(problems) == 1 and "at most rollout.group_size" in problems[0], problems
+
+
+def test_training_temperatures_anneal_geometrically_from_temperature_to_temperature_end():
+    cfg = RolloutConfig(temperature=10.0, temperature_end=1.0)
+    assert [cfg.training_temperatures(i, 3) for i in range(3)] == [[10.0], [pytest.approx(10**0.5)], [1.0]]
+    assert cfg.training_temperatures(0, 1) == [10.0]  # one iteration: the start temperature
+    members = RolloutConfig(temperature=10.0, temperature_end=5.0, group_size=2, member_temperatures=[10.0, 2.0])
+    assert members.training_temperatures(1, 2) == [5.0, 1.0]  # every member scaled by the same factor
+    assert RolloutConfig(member_temperatures=[3.0]).training_temperatures(5, 9) == [3.0]  # no annealing
+    assert RolloutConfig().training_temperatures(5, 9) == []  # nothing set: episodes carry no temperature
+    for bad in (0.0, -1.0, float("inf")):
+        problems = RolloutConfig(temperature_end=bad).validate()
+        assert len(problems) == 1 and "rollout.temperature_end" in problems[0], problems
+
+
+def test_annealed_temperatures_reach_the_episodes_and_metrics_name_the_configured_ones(tiny_tokenizer):
+    """Rollout.run(temperatures=…) (the trainer passes RolloutConfig.training_temperatures): members sample at the
+    given temperatures and carry them (so the learner scores each row there); evaluation ignores them; the
+    per-member success metrics keep the configured names while the values anneal."""
+    model, tok = make_tiny(seed=4)
+    pool = EnvPool(env_factory("agentrl/CueBandit-v0", turns=1), num_workers=0)
+    cfg = RolloutConfig(group_size=2, max_turns=1, max_new_tokens=4, member_temperatures=[0.5, 3.0], temperature=0.5)
+    cfg.temperature_end = 0.25
+    fmt = envs.make_prompt_format("agentrl/CueBandit-v0")
+    annealed = cfg.training_temperatures(1, 2)
+    assert annealed == [0.25, 1.5]
+    episodes = RolloutManager(pool, HFPolicy(model, tok), tok, fmt, cfg).run([Task(0, 0, "a")], temperatures=annealed)
+    evaluation = RolloutManager(pool, HFPolicy(model, tok), tok, fmt, cfg, evaluation=True)
+    evaluated = evaluation.run([Task(0, 0, "e")], temperatures=annealed)
+    pool.close()
+    assert [e.temperature for e in episodes] == [0.25, 1.5]
+    assert all(e.temperature is None for e in evaluated)
+    episodes[0].won, episodes[1].won = True, False
+    assert temperature_metrics(cfg, annealed, episodes) == {
+        "rollout/temperature": 0.25,
+        "rollout/success_T0.5": 1.0,
+        "rollout/success_T3": 0.0,
+    }
+    cfg.temperature_end = None  # constant temperatures: no rollout/temperature, names are the episodes' own
+    assert temperature_metrics(cfg, [0.5, 3.0], episodes) == {"rollout/success_T0.25": 1.0, "rollout/success_T1.5": 0.0}

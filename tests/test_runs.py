@@ -16,7 +16,7 @@ import torch
 
 from agentrl import trainer as trainer_module
 from agentrl.checkpoint import list_checkpoints
-from agentrl.config import load_config
+from agentrl.config import config_dict, load_config, resume_changes
 from agentrl.errors import ConfigError
 from agentrl.metrics import read_metrics
 from agentrl.rundir import RunLock
@@ -125,6 +125,16 @@ def test_resume_refuses_changes_that_mix_runs_and_applies_a_new_learning_rate(tm
     finally:
         trainer_module.Learner.load_state_dict = original
     assert seen["lr"] and all(lr == 1e-4 for lr in seen["lr"])  # the new lr took effect, not the saved one
+
+
+def test_resume_refuses_new_iterations_while_the_temperature_anneals():
+    """rollout.temperature_end spans trainer.iterations: a longer resumed run would re-time the annealing."""
+    common = ["experiment=cuebandit", "algo.p_schedule_steps=4"]  # the p schedule alone would allow it
+    for anneal, refused_expected in ((["rollout.temperature_end=0.5"], True), ([], False)):
+        saved = config_dict(load_config([*common, *anneal, "trainer.iterations=4"]))
+        refused, applied = resume_changes(saved, load_config([*common, *anneal, "trainer.iterations=8"]))
+        assert any("temperature_end anneals" in r for r in refused) == refused_expected, refused
+        assert any(a.startswith("trainer.iterations") for a in applied) != refused_expected, applied
 
 
 def test_a_damaged_newest_checkpoint_falls_back_to_the_newest_good_one(tmp_path):
