@@ -304,7 +304,20 @@ def check_backend(cfg: Config) -> list[str]:
             "rollout.constrained_actions=true runs on the transformers backend only; set model.backend=hf or "
             "rollout.constrained_actions=false"
         )
+    r = cfg.rollout  # every temperature the run samples at: the configured ones, at the start and end of annealing
+    sampled = r.training_temperatures(0, 2) + r.training_temperatures(1, 2) or [r.temperature]
+    hottest = max([*sampled, r.eval_temperature])
+    if hottest > VLLM_MAX_TEMPERATURE:
+        problems.append(
+            f"model.backend=vllm samples at temperatures up to {VLLM_MAX_TEMPERATURE:g} (vLLM's SamplingParams "
+            f"refuses more); this config samples at {hottest:g}: lower rollout.temperature / member_temperatures / "
+            "temperature_end / eval_temperature (e.g. rollout.temperature=1 'rollout.member_temperatures=[]' "
+            "rollout.temperature_end=null) or set model.backend=hf"
+        )
     return problems
+
+
+VLLM_MAX_TEMPERATURE = 2.0  # vllm 0.32 SamplingParams: temperature must be in [0, 2]
 
 
 def check_constrained(cfg: Config, fmt: Any) -> list[str]:

@@ -430,7 +430,9 @@ def bench_vllm(model, tok, quick: bool) -> dict[str, Any]:
 
     cfg = load_config(["experiment=quickstart"])
     # free-text replies at temperature 1 in the agent protocol's prompt (constrained decoding is transformers-only)
-    rollout = replace(cfg.rollout, constrained_actions=False, temperature=1.0)
+    rollout = replace(
+        cfg.rollout, constrained_actions=False, temperature=1.0, member_temperatures=[], temperature_end=None
+    )
     fmt = envs.make_prompt_format(cfg.env.id, None, reasoning=False, lenient=True)
     factory = alfworld_factory(max_episode_steps=rollout.max_turns)
     started = time.perf_counter()

@@ -140,6 +140,10 @@ def test_backend_config_is_checked_before_weights_load(monkeypatch):
             "rollout.constrained_actions=true",
             "model.vllm.dtype=int4",
             "learner.mismatch.cap=0.5",
+            "rollout.temperature=1",
+            "rollout.temperature_end=2",  # annealing to 2 from 1: the members end at 2 and 6
+            "rollout.group_size=2",
+            "rollout.member_temperatures=[1,3]",
         ]
     )
     real = importlib.util.find_spec
@@ -150,6 +154,8 @@ def test_backend_config_is_checked_before_weights_load(monkeypatch):
     for needle in (
         "model.vllm.dtype='int4'",
         "constrained_actions=true runs on the transformers backend",
+        "model.backend=vllm samples at temperatures up to 2",
+        "this config samples at 6",
         "learner.mismatch.cap must be",
         "make setup-vllm",
     ):
@@ -157,7 +163,12 @@ def test_backend_config_is_checked_before_weights_load(monkeypatch):
     with pytest.raises(ConfigError, match="model.backend"):
         load_config(["model.backend=sglang"])
     fine = load_config(["experiment=cuebandit", "model.backend=vllm", "model.hidden_size=128"])
+    quickstart = ["experiment=quickstart", "model.backend=vllm", "rollout.constrained_actions=false"]
     monkeypatch.undo()
+    with pytest.raises(ConfigError, match="this config samples at 30"):  # its hot members, on a backend that can't
+        validate_config(load_config(quickstart), resources=False)
+    as_readme = ["rollout.temperature=1", "rollout.member_temperatures=[]", "rollout.temperature_end=null"]
+    validate_config(load_config([*quickstart, *as_readme]), resources=False)  # the README's vLLM quickstart command
     validate_config(fine, resources=False)
 
 
