@@ -192,7 +192,6 @@ class RolloutManager:
         self.max_turns = cfg.eval_max_turns if evaluation else cfg.max_turns
         self.sampling = cfg.sampling(seed, evaluation=evaluation, logprobs=logprobs)
         self.evaluation = evaluation
-        self.member_temperatures = [] if evaluation else list(cfg.member_temperatures)
         self.chat = ChatTokens(tokenizer)
         self.timings = RolloutTimings()
 
@@ -218,7 +217,7 @@ class RolloutManager:
         resets = self.pool.reset([(slot, t.seed, {"instance": t.instance}) for slot, t in enumerate(members)])
         self.timings.env_s += time.perf_counter() - started
         live = []
-        temps = self.member_temperatures if temperatures is None or self.evaluation else list(temperatures)
+        temps = [] if self.evaluation else list(self.cfg.member_temperatures if temperatures is None else temperatures)
         for slot, (task, result) in enumerate(zip(members, resets)):
             ep = Episode(
                 episode_id=slot,

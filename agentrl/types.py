@@ -72,9 +72,8 @@ class Episode:
     won: bool = False
     truncated: bool = False
     truncation_reason: str = ""  # "" | "max_turns" | "env_error: …" | "context"
-    temperature: float | None = (
-        None  # this member's sampling temperature (rollout.member_temperatures); None: the run's
-    )
+    # this member's sampling temperature (rollout.member_temperatures, rollout.temperature_end); None: the run's
+    temperature: float | None = None
     info: dict[str, Any] = field(default_factory=dict)
 
     @property
