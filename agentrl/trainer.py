@@ -537,6 +537,11 @@ def save_games(run_dir: Path, iteration: int, games: dict[str, list]) -> None:
     (folder / f"iter-{iteration:06d}.json").write_text(json.dumps(games, indent=1))
 
 
+def load_games(run_dir: Path, iteration: int) -> dict[str, list]:
+    """The per-game outcomes save_games wrote for `iteration` ({eval set: [game, …]})."""
+    return json.loads((Path(run_dir) / "eval" / f"iter-{iteration:06d}.json").read_text())
+
+
 def paired_difference(before: list[dict], after: list[dict]) -> tuple[float, float, int]:
     """(mean after−before success, its standard error, games) over the games both evaluations played: a paired
     comparison on the same panel, se = sample std of the per-game differences / √n."""

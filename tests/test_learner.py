@@ -231,3 +231,39 @@ def test_activation_checkpointing_gives_the_same_update():
     for (name, p), q in zip(model.named_parameters(), other.parameters()):
         assert torch.allclose(p, q, atol=1e-6), name
     assert max(float((p - q).abs().max()) for p, q in zip(model.parameters(), make_tiny()[0].parameters())) > 1e-3
+
+
+def test_temperature_compensation_scales_each_rows_advantage_by_its_sampling_temperature():
+    """learner.temperature_compensation: the loss sees advantage × the temperature each row was sampled at (the
+    learner's for rows without one), so a row's push on the logits does not shrink with T: the gradient of
+    T·log softmax(z/T)_a is e_a − softmax(z/T). Same gradients as scaling the advantages by hand; off by default."""
+    z = torch.randn(7, dtype=torch.float64, requires_grad=True)
+    for t in (0.5, 3.0, 40.0):
+        (grad,) = torch.autograd.grad(t * torch.log_softmax(z / t, -1)[2], z)
+        expected = torch.nn.functional.one_hot(torch.tensor(2), 7).double() - torch.softmax(z / t, -1)
+        assert torch.allclose(grad, expected.detach())
+    model, tok = make_tiny()
+    samples = random_samples(6, len(tok), seed=6)
+    temperatures = [4.0, None, 0.5, 10.0, None, 2.0]
+    for s, t in zip(samples, temperatures):
+        s.temperature = t
+
+    def grads(compensate: bool, scale: list[float]) -> list[torch.Tensor]:
+        m = copy.deepcopy(model)
+        rows = copy.deepcopy(samples)
+        for s, k in zip(rows, scale):
+            s.advantage *= k
+        learner = Learner(m, LearnerConfig(temperature_compensation=compensate), temperature=3.0)
+        old = learner.log_probs(m, rows)
+        noise = torch.Generator().manual_seed(0)
+        old = [o + 0.05 * torch.randn(o.shape, generator=noise) for o in old]  # off-policy: the clip acts
+        learner.accumulate_gradients(rows, list(range(len(rows))), old, None, p=0.5)
+        return [prm.grad.clone() for prm in m.parameters()]
+
+    by_hand = [3.0 if t is None else t for t in temperatures]
+    compensated, manual = grads(True, [1.0] * 6), grads(False, by_hand)
+    plain = grads(False, [1.0] * 6)
+    for a, b in zip(compensated, manual):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)
+    assert max((a - b).abs().max() for a, b in zip(compensated, plain)) > 1e-3  # it changes the update
+    assert not LearnerConfig().temperature_compensation

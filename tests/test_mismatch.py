@@ -165,7 +165,7 @@ def test_backend_config_is_checked_before_weights_load(monkeypatch):
     fine = load_config(["experiment=cuebandit", "model.backend=vllm", "model.hidden_size=128"])
     quickstart = ["experiment=quickstart", "model.backend=vllm", "rollout.constrained_actions=false"]
     monkeypatch.undo()
-    with pytest.raises(ConfigError, match="this config samples at 30"):  # its hot members, on a backend that can't
+    with pytest.raises(ConfigError, match="this config samples at 100"):  # its hot members, on a backend that can't
         validate_config(load_config(quickstart), resources=False)
     as_readme = ["rollout.temperature=1", "rollout.member_temperatures=[]", "rollout.temperature_end=null"]
     validate_config(load_config([*quickstart, *as_readme]), resources=False)  # the README's vLLM quickstart command

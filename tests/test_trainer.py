@@ -167,6 +167,7 @@ NEEDS_RESOURCES = {
     "alfworld_paper",
     "math_paper",
     "quickstart",
+    "cpu_alfworld",
     "alfworld",
     "textworld",
     "qwen2.5-1.5b-instruct",

@@ -1,0 +1,103 @@
+"""The frozen prefix of a partly trained decoder: when only the top decoder layers train (LoRA on the top k layers),
+everything below the lowest trained layer is a fixed function of the input ids, so within one update its output
+for a sample is the same in every epoch. `FrozenPrefix` keeps that output (the input of the lowest trained layer) per
+sample from the first forward over it, and later forwards over the same sample run only the layers from there up.
+
+Exact up to floating-point summation order (real positions never attend to padding, so a row's states do not depend
+on the micro-batch it was computed in); checked on its first use against the full forward. On the quickstart's
+SmolLM2 (LoRA on the top 6 of 30 layers, 2 epochs) it skips the bottom 24 layers in the second epoch."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from agentrl.errors import ConfigError
+
+# largest |difference| allowed between the cached path's hidden states and the full forward's on the first check
+CHECK_ATOL = 1e-2
+
+
+def decoder_body(model: torch.nn.Module) -> torch.nn.Module:
+    """The decoder body of a Hugging Face causal LM (model.model for Llama/Qwen2): embeddings, layers, final norm."""
+    return getattr(model, model.base_model_prefix)
+
+
+def frozen_prefix_start(model: torch.nn.Module) -> int | None:
+    """Index of the lowest decoder layer with a trainable parameter when every parameter below it (embeddings
+    included) is frozen and the model has no dropout; None when nothing can be cached (all layers train, none
+    does, or the body has no `layers` list)."""
+    body = decoder_body(model)
+    layers = getattr(body, "layers", None)
+    if not isinstance(layers, torch.nn.ModuleList):
+        return None
+    trains = [any(p.requires_grad for p in layer.parameters()) for layer in layers]
+    if True not in trains or trains.index(True) == 0:
+        return None
+    start = trains.index(True)
+    if any(p.requires_grad for p in model.get_input_embeddings().parameters()):  # the prefix's input trains
+        return None
+    dropout = [v for k, v in model.config.to_dict().items() if "dropout" in k and isinstance(v, (int, float))]
+    if any(v > 0 for v in dropout):  # a dropout mask would be replayed, not redrawn
+        return None
+    return start
+
+
+class FrozenPrefix:
+    """Per-sample cache of the input of decoder layer `start` (see the module docstring); the learner empties it
+    before and after each update (sample indices name rows of one update)."""
+
+    def __init__(self, start: int):
+        self.start = start
+        self.states: dict[int, torch.Tensor] = {}  # sample index → [T_i, H]
+        self.checked = False  # the cached path was compared with the full forward once
+
+    def clear(self) -> None:
+        self.states.clear()
+
+    def has(self, index: list[int]) -> bool:
+        return all(i in self.states for i in index)
+
+    @contextlib.contextmanager
+    def capture(self, body: torch.nn.Module, index: list[int], lengths: list[int]) -> Iterator[None]:
+        """Inside the block, the forward's input to layer `start` is kept for the rows `index` (real tokens only)."""
+
+        def keep(module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+            hidden = args[0] if args else kwargs["hidden_states"]
+            for row, (i, n) in enumerate(zip(index, lengths)):
+                self.states[i] = hidden[row, :n].detach()
+
+        handle = body.layers[self.start].register_forward_pre_hook(keep, with_kwargs=True)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    def top(self, body: torch.nn.Module, index: list[int], attention_mask: torch.Tensor) -> torch.Tensor:
+        """The body's last hidden states [B, T, H] from the cached states of rows `index`, running only the layers
+        from `start` up (the body's own mask, positions and final norm; padding positions are zeros)."""
+        rows = [self.states[i] for i in index]
+        x = rows[0].new_zeros((len(rows), attention_mask.shape[1], rows[0].shape[-1]))
+        for r, state in enumerate(rows):
+            x[r, : state.shape[0]] = state
+        layers = body.layers
+        body.layers = torch.nn.ModuleList(list(layers)[self.start :])
+        try:
+            return body(inputs_embeds=x, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        finally:
+            body.layers = layers
+
+    def check(self, full: torch.Tensor, cached: torch.Tensor, attention_mask: torch.Tensor) -> None:
+        """Once: the cached path must give the full forward's hidden states at real positions; a model whose body
+        does more than run its layers on the embeddings (e.g. scales them) fails here instead of training wrong."""
+        real = attention_mask.bool()
+        gap = float((full[real].float() - cached[real].detach().float()).abs().max()) if bool(real.any()) else 0.0
+        if not gap <= CHECK_ATOL:
+            raise ConfigError(
+                f"learner.frozen_prefix_cache: the cached path differs from the full forward by {gap:.3g} (> "
+                f"{CHECK_ATOL}) on this model; set learner.frozen_prefix_cache=false"
+            )
+        self.checked = True
