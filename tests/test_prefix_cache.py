@@ -80,3 +80,12 @@ def test_the_cache_is_off_when_it_cannot_act_and_checks_itself():
     assert prefix.checked
     with pytest.raises(ConfigError, match="frozen_prefix_cache=false"):
         FrozenPrefix(1).check(full, full * 1.5, mask)
+
+
+def test_the_check_passes_under_bf16_autocast():
+    """bf16 changes the last bits with the micro-batch's shape; the check is relative, so only a wrong path fails."""
+    model, tok = _model([-1, -2])
+    cfg = LearnerConfig(lr=1e-2, mini_batches=2, epochs=2, micro_batch_tokens=90, frozen_prefix_cache=True)
+    learner = Learner(model, cfg, precision="bf16")
+    learner.update(random_samples(10, len(tok), seed=3, max_len=40), p=1.0)
+    assert learner._prefix is not None and learner._prefix.checked
