@@ -108,6 +108,11 @@ class Batch:
     # each row's sampling temperature [B] (NaN: the learner's), when rows were sampled at different ones; else None
     temperature: torch.Tensor | None = None
 
+    def row_temperatures(self, default: float) -> torch.Tensor | None:
+        """Each row's sampling temperature [B], `default` (the learner's) where a row has none; None when no row has
+        one of its own."""
+        return None if self.temperature is None else torch.nan_to_num(self.temperature.float(), nan=default)
+
 
 def _allowed_pairs(rows: Sequence[Sample]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
     if all(s.allowed is None for s in rows):
@@ -265,8 +270,8 @@ def _token_log_probs(
     h = hidden[:, :-1][target_pos]  # [N, H]
     targets = batch.input_ids[:, 1:][target_pos]  # [N]
     per_row = None
-    if batch.temperature is not None:  # [N]: each action position at its row's temperature
-        rows = torch.nan_to_num(batch.temperature.float(), nan=temperature)
+    rows = batch.row_temperatures(temperature)
+    if rows is not None:  # [N]: each action position at its row's temperature
         per_row = rows[:, None].expand_as(target_pos)[target_pos]
     pieces, entropies = [], []
     vocab = lm_head.weight.shape[0]
@@ -626,9 +631,8 @@ class Learner:
         `temperature_compensation` is on."""
         if not self.cfg.temperature_compensation:
             return batch.advantages
-        if batch.temperature is None:
-            return batch.advantages * self.temperature
-        return batch.advantages * torch.nan_to_num(batch.temperature.float(), nan=self.temperature)
+        rows = batch.row_temperatures(self.temperature)
+        return batch.advantages * (self.temperature if rows is None else rows)
 
     def _optimizer_step(self, samples, rows, old, ref, p: float) -> dict[str, float]:
         # the entropy metric is measured on the first step's rows (the policy before this update): one pass's worth
