@@ -71,7 +71,7 @@ $(QUICK_DATA_DIR)/train/manifest.json:
 quickstart: setup $(QUICK_DATA_DIR)/train/manifest.json
 	$(BIN)/python scripts/train.py experiment=quickstart
 
-# experiment=cpu_alfworld for every method and seed, one run after another (~15 min each on 2 cores: ~2 h 20 min for
+# experiment=cpu_alfworld for every method and seed, one run after another (14-16 min each on 2 cores: ~2 h 15 min for
 # 3 x 3; CPU_ALGOS / CPU_SEEDS shrink it), each from scratch in runs/cpu/<algo>-<seed>, then their curves overlaid
 # (one colour per method, spread across seeds shaded) in runs/cpu/curves.png. docs/cpu_alfworld.md has the results.
 CPU_ALGOS ?= holderpo grpo gspo
