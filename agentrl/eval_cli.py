@@ -24,6 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from agentrl.evaluation import evaluate_rollout, markdown, panel_for, seeds_table
+from agentrl.policies.backends import make_policy
+from agentrl.policies.models import ModelSpec, load_model
+from agentrl.policies.vllm import VllmSpec
 from agentrl.rollout import RolloutConfig, RolloutManager
 from agentrl.rundir import writable_location
 
@@ -193,14 +196,11 @@ def main(argv: list[str] | None = None) -> None:
             agent = SCRIPTED_AGENTS[args.agent](seed=seed) if args.agent == "random" else SCRIPTED_AGENTS[args.agent]()
             results.append(run_panel(probe, agent, indices, max_steps=max_turns))
     else:
-        from agentrl.policies.models import ModelSpec, load_model
-        from agentrl.policies.vllm import VllmSpec
-        from agentrl.trainer import make_policy
-
         model, tok = load_model(ModelSpec(name=s["model"], device="auto"))
         factory = env_factory(env_id, max_episode_steps=max_turns, **env_kwargs)
         with EnvPool(factory, num_workers=args.workers, **rollout.pool_options()) as pool:
-            policy = make_policy(s["backend"], model, tok, rollout, s["vllm"] or VllmSpec())
+            length = rollout.max_prompt_tokens + rollout.max_new_tokens
+            policy = make_policy(s["backend"], model, tok, s["vllm"] or VllmSpec(), max_model_len=length)
             manager = RolloutManager(pool, policy, tok, fmt, rollout, evaluation=True)
             for seed in args.seeds:
                 sampling = replace(manager.sampling, seed=seed)

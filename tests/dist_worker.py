@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agentrl import distributed
-from agentrl.learner import Learner, LearnerConfig
+from agentrl.learner import Learner, LearnerConfig, shard
 from agentrl.policies.lora import LoraSpec
 from agentrl.policies.models import ModelSpec, load_model
 from agentrl.types import Sample
@@ -42,15 +42,15 @@ def samples(count: int, seed: int = 0) -> list[Sample]:
 
 
 def evaluate_panel(out: Path) -> None:
+    from agentrl.components import build_components
     from agentrl.config import load_config
     from agentrl.evaluation import evaluate_rollout
-    from agentrl.trainer import Components
 
     place = distributed.init("cpu")
     torch.manual_seed(0)
-    c = Components(load_config(["experiment=cuebandit", "env.eval_instances=24"]))
+    c = build_components(load_config(["experiment=cuebandit", "env.eval_instances=24"]))
     try:
-        result = evaluate_rollout(c.evaluators[0], c.panels[0][1], seed=10_000)
+        result = evaluate_rollout(c.evaluators[0], c.panels[0].instances, seed=10_000)
     finally:
         c.close()
     summary = {"success": result.success, "invalid_rate": result.invalid_rate, "games": result.episodes}
@@ -66,7 +66,7 @@ def main(scenario: str, out: Path) -> None:
     spec = ModelSpec(name="tiny-qwen2", lora=LoraSpec(rank=4) if scenario == "lora" else LoraSpec())
     model, _ = load_model(spec)
     if place.enabled:
-        distributed.shard_model(model)
+        shard(model)
     every = samples(8)
     if scenario in ("equal", "lora"):
         cfg = LearnerConfig(lr=1e-2, mini_batches=1, epochs=2, micro_batch_tokens=48)

@@ -22,8 +22,8 @@ from transformers import AutoModelForCausalLM
 from agentrl import distributed
 from agentrl.config import check_world, load_config
 from agentrl.errors import ConfigError
+from agentrl.lifecycle import checkpoints_to_try
 from agentrl.metrics import read_metrics
-from agentrl.trainer import checkpoints_to_try
 from tests.test_trainer import _stable
 
 ROOT = Path(__file__).resolve().parents[1]

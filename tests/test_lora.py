@@ -14,7 +14,8 @@ from agentrl.errors import ConfigError
 from agentrl.learner import Learner, LearnerConfig, collate, token_log_probs
 from agentrl.policies.base import SamplingParams
 from agentrl.policies.hf import HFPolicy
-from agentrl.policies.lora import LoraSpec, adapter_state, export_merged
+from agentrl.policies.lora import LoraSpec, adapter_state
+from agentrl.policies.merge import export_merged
 from agentrl.policies.models import ModelSpec, load_model
 from tests.conftest import random_samples
 

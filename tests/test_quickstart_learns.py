@@ -45,7 +45,8 @@ def test_quickstart_learns_on_unseen_games(tmp_path):
     import generate_alfworld
 
     from agentrl.config import load_config
-    from agentrl.trainer import in_standard_errors, load_games, paired_difference, train
+    from agentrl.report import in_standard_errors, load_games, paired_difference
+    from agentrl.trainer import train
 
     data = tmp_path / "games"
     generate_alfworld.main(["--out", str(data), "--split", "train", "--num", "48", *QUICK_GAMES])

@@ -14,10 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from agentrl import lifecycle
 from agentrl import trainer as trainer_module
 from agentrl.checkpoint import list_checkpoints
 from agentrl.config import config_dict, load_config, resume_changes
 from agentrl.errors import ConfigError
+from agentrl.learner import Learner
 from agentrl.metrics import read_metrics
 from agentrl.rundir import RunLock
 
@@ -111,19 +113,19 @@ def test_resume_refuses_changes_that_mix_runs_and_applies_a_new_learning_rate(tm
     with pytest.raises(ConfigError, match="p schedule spans trainer.iterations; set algo.p_schedule_steps=2"):
         trainer_module.train(_cfg(tmp_path, "trainer.resume=auto", "trainer.iterations=4"))
     seen = {}
-    original = trainer_module.Learner.load_state_dict
+    original = Learner.load_state_dict
 
     def spy(self, state):
         original(self, state)
         seen["lr"] = [g["lr"] for g in self.optimizer.param_groups]
 
-    trainer_module.Learner.load_state_dict = spy
+    Learner.load_state_dict = spy
     try:
         trainer_module.train(
             _cfg(tmp_path, "trainer.resume=auto", "trainer.iterations=4", "algo.p_schedule_steps=2", "learner.lr=1e-4")
         )
     finally:
-        trainer_module.Learner.load_state_dict = original
+        Learner.load_state_dict = original
     assert seen["lr"] and all(lr == 1e-4 for lr in seen["lr"])  # the new lr took effect, not the saved one
 
 
@@ -179,7 +181,7 @@ def test_non_finite_settings_are_all_rejected_before_weights_load(tmp_path, monk
 
 
 def test_weights_that_become_non_finite_stop_the_run_and_are_never_saved(tmp_path, monkeypatch):
-    original = trainer_module.Learner.update
+    original = Learner.update
 
     def poisoned(self, samples, p, **kwargs):  # an update that overflows in iteration 3 (after a checkpoint at 2)
         out = original(self, samples, p, **kwargs)
@@ -188,7 +190,7 @@ def test_weights_that_become_non_finite_stop_the_run_and_are_never_saved(tmp_pat
                 next(self.model.parameters()).view(-1)[0] = float("inf")
         return out
 
-    monkeypatch.setattr(trainer_module.Learner, "update", poisoned)
+    monkeypatch.setattr(Learner, "update", poisoned)
     with pytest.raises(trainer_module.TrainingDiverged, match="non-finite in iteration 3.*resume from .*iter-000002"):
         trainer_module.train(_cfg(tmp_path))
     assert [p.name for p in list_checkpoints(tmp_path)] == ["iter-000002"]
@@ -227,11 +229,10 @@ def test_a_swallowed_ctrl_c_still_stops_the_run(tmp_path, monkeypatch):
     """Python prints and drops a KeyboardInterrupt raised inside a __del__ (a finished progress bar's, say: a CI run
     once trained on through a Ctrl-C that landed there). The trainer remembers the Ctrl-C and stops at the next
     iteration, exit code 130, with the lock released and the iterations done so far logged."""
-    from agentrl.learner import Learner
 
     class DiesOnCtrlC:
         def __del__(self) -> None:
-            trainer_module._on_sigint(signal.SIGINT, None)  # what the handler does when the signal lands here
+            lifecycle.on_sigint(signal.SIGINT, None)  # what the handler does when the signal lands here
 
     real_update = Learner.update
 
@@ -249,4 +250,4 @@ def test_a_swallowed_ctrl_c_still_stops_the_run(tmp_path, monkeypatch):
     assert exit_info.value.code == 130
     assert [r["iteration"] for r in read_metrics(tmp_path) if r["kind"] == "train"] == [1]
     assert not (tmp_path / ".lock").exists()
-    assert signal.getsignal(signal.SIGINT) is not trainer_module._on_sigint  # the previous handler is back
+    assert signal.getsignal(signal.SIGINT) is not lifecycle.on_sigint  # the previous handler is back

@@ -14,6 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from agentrl import report
 from agentrl import trainer as trainer_module
 from agentrl.config import CONFIG_DIR, load_config, validate_config
 from agentrl.errors import ConfigError
@@ -36,7 +37,7 @@ def test_tiny_model_learns_cuebandit_from_scratch(algo, tmp_path, capsys):
     before = json.loads((tmp_path / "eval" / "iter-000000.json").read_text())["panel"]
     after = json.loads((tmp_path / "eval" / f"iter-{cfg.trainer.iterations:06d}.json").read_text())["panel"]
     assert all(len(g["actions"]) == g["turns"] > 0 for g in before + after)  # what the agent did, per game
-    diff, se, n = trainer_module.paired_difference(before, after)
+    diff, se, n = report.paired_difference(before, after)
     assert n == cfg.env.eval_instances and diff == pytest.approx(
         result["after"]["eval/panel/success"] - result["before"]["eval/panel/success"]
     )
@@ -51,12 +52,12 @@ def test_tiny_model_learns_cuebandit_from_scratch(algo, tmp_path, capsys):
 def test_paired_difference_is_over_the_same_games():
     before = [{"instance": i, "won": w} for i, w in enumerate([0, 0, 1, 0])]
     after = [{"instance": i, "won": w} for i, w in reversed(list(enumerate([1, 1, 1, 0])))]  # order does not matter
-    diff, se, n = trainer_module.paired_difference(before, after)
+    diff, se, n = report.paired_difference(before, after)
     assert (diff, n) == (0.5, 4)  # differences 1, 1, 0, 0: sample std 0.577, / √4
     assert se == pytest.approx((1 / 3) ** 0.5 / 2)
-    assert trainer_module.in_standard_errors(diff, se) == pytest.approx(0.5 / se)
-    assert trainer_module.in_standard_errors(0.0, 0.0) == 0.0  # every game unchanged
-    assert trainer_module.in_standard_errors(1.0, 0.0) == float("inf")  # every game flipped to a win
+    assert report.in_standard_errors(diff, se) == pytest.approx(0.5 / se)
+    assert report.in_standard_errors(0.0, 0.0) == 0.0  # every game unchanged
+    assert report.in_standard_errors(1.0, 0.0) == float("inf")  # every game flipped to a win
 
 
 def _train_cmd(run_dir: Path, extra: list[str]) -> list[str]:

@@ -27,7 +27,7 @@ from agentrl.types import Choice
 
 
 class Correction(Choice):
-    auto = "auto"  # tis with model.backend=vllm, off with the transformers backend (it samples with the learner)
+    auto = "auto"  # off when the sampler is the learner's own model (transformers), else tis (vLLM)
     off = "off"
     tis = "tis"
     seq_mask = "seq_mask"
@@ -40,10 +40,12 @@ class MismatchConfig:
     correction: Correction = Correction.auto
     cap: float = 2.0  # C: the tis truncation, and the seq_mask band [1/C, C]
 
-    def resolve(self, backend: str) -> Correction:
+    def resolve(self, sampler_matches_learner: bool) -> Correction:
+        """The correction to apply: `auto` is off when the sampler scores exactly as the learner does (the backend
+        says so: policies.backends.sampler_matches_learner), else tis."""
         if self.correction != Correction.auto:
             return Correction(self.correction)
-        return Correction.tis if str(backend) == "vllm" else Correction.off
+        return Correction.off if sampler_matches_learner else Correction.tis
 
     def validate(self) -> list[str]:
         if not (math.isfinite(self.cap) and self.cap > 1.0):
