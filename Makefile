@@ -24,9 +24,17 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m agentrl.policies.models --provision-smollm2
 	touch $(STAMP)
 
+# ruff, then the layer contract in pyproject.toml ([tool.importlinter]) on a copy of the package laid out as it is
+# installed (envs/ and policies/ ship inside agentrl/; import-linter reads one folder per package)
+LINT_TREE := .lint-tree
+
 lint: setup
 	$(BIN)/ruff check agentrl envs policies configs scripts tests
 	$(BIN)/ruff format --check agentrl envs policies configs scripts tests
+	rm -rf $(LINT_TREE) && mkdir -p $(LINT_TREE) && cp -r agentrl $(LINT_TREE)/agentrl
+	cp -r envs $(LINT_TREE)/agentrl/envs && cp -r policies $(LINT_TREE)/agentrl/policies
+	cd $(LINT_TREE) && PYTHONPATH=. ../$(BIN)/lint-imports ../pyproject.toml
+	rm -rf $(LINT_TREE)
 
 # the whole suite: the main tests, then the vLLM backend's tests in their own virtualenv
 test: test-main test-vllm

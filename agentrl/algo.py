@@ -13,7 +13,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -21,7 +21,7 @@ import torch
 from agentrl.errors import ConfigError, unknown_name_message
 from agentrl.losses import LEARNER_PASSED_OPTIONS, POLICY_LOSSES, passed_options
 from agentrl.schedules import p_schedule, validate_schedule
-from agentrl.types import Choice
+from agentrl.types import Choice, option
 
 
 class AdvantageStatistics(Choice):
@@ -29,37 +29,50 @@ class AdvantageStatistics(Choice):
     episodes = "episodes"  # over episodes only, one value each
 
 
+class AggregateOver(Choice):
+    """The tokens a sequence-level loss (holder_seq, holder_token, gspo, gmpo) aggregates each reply over."""
+
+    generated = "generated"  # every agent-generated token (the reference's response mask)
+    chosen = "chosen"  # under constrained decoding, only tokens with ≥ 2 allowed continuations (forced ones left out)
+
+
 @dataclass
 class AdvantageConfig:
     """GRPO-family group statistics (PAPER.md §2)."""
 
-    std_normalize: bool = True  # False: Dr.GRPO (no division by the group std)
-    eps: float = 1e-6
-    statistics: AdvantageStatistics = AdvantageStatistics.rows
+    std_normalize: bool = option(True, "divide by the group's reward std (false: Dr.GRPO)")
+    eps: float = option(1e-6, "added to the group std before dividing")
+    statistics: AdvantageStatistics = option(AdvantageStatistics.rows, "group statistics over rows or episodes")
     # DAPO's dynamic sampling without the resampling: the rows of a group whose advantages are all 0 (every episode
-    # scored the same) are left out of the update. They carry no policy gradient, only compute, and they no longer
-    # dilute the loss's mean over rows (train/filtered_rows_frac logs the share left out)
-    filter_groups: bool = False
+    # scored the same) carry no policy gradient, only compute, and no longer dilute the loss's mean over rows
+    filter_groups: bool = option(False, "leave out groups whose advantages are all 0 (DAPO's dynamic sampling)")
     # GiGPO's step-level credit (Feng et al., 2025), window samples only: each row's advantage adds step_weight x
     # (its discounted return from that turn, gamma = step_gamma, against those of the group's turns that saw the
     # identical prompt). 0 = episode-level credit only (the paper's protocol); GiGPO uses 1 and 0.95
-    step_weight: float = 0.0
-    step_gamma: float = 0.95
+    step_weight: float = option(0.0, "GiGPO's step-level credit weight (0: episode credit only; GiGPO: 1)")
+    step_gamma: float = option(0.95, "discount of the step-level returns")
 
 
 @dataclass
 class AlgoConfig:
-    name: str = "holderpo"  # a label for runs and plots
-    loss: str = "holder_seq"  # a key of agentrl.losses.POLICY_LOSSES
-    loss_kwargs: dict[str, Any] = field(default_factory=dict)  # extra keyword options of that loss (e.g. agg)
-    clip_low: float = 0.2
-    clip_high: float = 0.2
-    p_schedule: str = "linear"  # constant | linear | cosine | power | cubic (agentrl.schedules)
-    p_start: float = 1.0
-    p_end: float = -1.0
-    p_power: float = 2.0  # exponent of the "power" shape
-    p_schedule_steps: int | None = None  # iterations the schedule spans; None: trainer.iterations
-    advantage: AdvantageConfig = field(default_factory=AdvantageConfig)
+    name: str = option("holderpo", "a label for runs and plots")
+    loss: str = option("holder_seq", "a policy loss: holder_seq, holder_token, grpo, gspo, gmpo (agentrl.losses)")
+    loss_kwargs: dict[str, Any] = option(help="extra keyword options of that loss (e.g. agg)", factory=dict)
+    clip_low: float = option(0.2, "ε below: ratios under 1 − ε are clipped")
+    clip_high: float = option(0.2, "ε above: ratios over 1 + ε are clipped")
+    p_schedule: str = option(
+        "linear", "shape of the Hölder order over training: constant, linear, cosine, power, cubic"
+    )
+    p_start: float = option(1.0, "p at the first iteration")
+    p_end: float = option(-1.0, "p at the schedule's last iteration")
+    p_power: float = option(2.0, 'exponent of the "power" shape')
+    p_schedule_steps: int | None = option(None, "iterations the schedule spans; None: trainer.iterations")
+    # a forced token (one allowed continuation) has log-ratio exactly 0: counted, it pulls the sequence's mean toward
+    # ratio 1 and widens the sequence clip's band by 1/(1 − forced share); `chosen` leaves them out
+    aggregate_over: AggregateOver = option(
+        AggregateOver.generated, "tokens a sequence-level loss averages over: generated | chosen (no forced tokens)"
+    )
+    advantage: AdvantageConfig = option(help="group-relative advantages", factory=AdvantageConfig)
 
     def p_at(self, iteration: int, iterations: int) -> float:
         """p for training iteration `iteration` (0-based) of a run of `iterations`.
@@ -127,6 +140,7 @@ def check_loss_options(loss: str, options: dict[str, Any], clip_low: float, clip
         "num_seqs": 1,
         "num_tokens": 1,
         "is_weight": None,
+        "aggregate_mask": None,
     }
     try:
         fn(one, one, torch.ones(1), torch.ones(1, 1), **{k: standard[k] for k in passed_options(fn)}, **options)

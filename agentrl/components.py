@@ -26,11 +26,12 @@ from agentrl.config import Config, config_dict
 from agentrl.envs.pool import EnvPool, env_factory
 from agentrl.envs.prompting import PromptFormat
 from agentrl.evaluation import panel_for
-from agentrl.learner import Learner, shard
+from agentrl.learner import Learner
 from agentrl.policies.backends import make_policy, sampler_matches_learner
 from agentrl.policies.base import Policy
 from agentrl.policies.models import load_model
 from agentrl.rollout import RolloutManager, Task
+from agentrl.scoring import shard
 
 
 class TaskSampler:
@@ -134,7 +135,6 @@ def _model_side(
         cfg.learner,
         cfg.algo,
         precision=cfg.model.dtype,
-        temperature=cfg.rollout.temperature,
         reply_length=cfg.rollout.max_new_tokens,
         seed=cfg.trainer.seed,
         ref_model=ref,

@@ -15,7 +15,7 @@ import importlib.util
 import inspect
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from agentrl.policies.models import TINY_HEADS, TINY_NAMES, ModelSpec, check_mod
 from agentrl.policies.vllm import setting_problems as vllm_setting_problems
 from agentrl.rollout import RolloutConfig
 from agentrl.rundir import check_run_dir
+from agentrl.types import option
 
 CONFIG_DIR = Path(agentrl.configs.__file__).resolve().parent  # the repository's configs/, shipped as agentrl.configs
 
@@ -41,9 +42,13 @@ CONFIG_DIR = Path(agentrl.configs.__file__).resolve().parent  # the repository's
 class EvalSet:
     """One fixed evaluation panel: the env made with env.kwargs updated by `kwargs` (e.g. another split)."""
 
-    name: str = "panel"  # metrics are eval/<name>/success[/<task type>]
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    panel: str | None = None  # a panel file (scripts/generate_alfworld.py writes them); else the first instances
+    name: str = option("panel", "metrics are eval/<name>/success[/<task type>]")
+    kwargs: dict[str, Any] = option(
+        help="env.kwargs updated with these for this set (e.g. another split)", factory=dict
+    )
+    panel: str | None = option(
+        None, "a panel file (scripts/generate_alfworld.py writes them); else the first instances"
+    )
 
 
 @dataclass
@@ -56,11 +61,11 @@ class PromptOptions:
     extra: options of your own prompt format (env.prompt_format=module:Name), e.g. env.prompt.extra={style: terse}.
     """
 
-    environment: str | None = None
-    reasoning: bool | None = None
-    lenient: bool | None = None
-    system: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    environment: str | None = option(None, "AgentPromptFormat: the env's name in the instructions")
+    reasoning: bool | None = option(None, "AgentPromptFormat: <think> reasoning before the <action> tag")
+    lenient: bool | None = option(None, "AgentPromptFormat: accept a reply naming an admissible action without tags")
+    system: str | None = option(None, "AnswerPromptFormat / WordChoicePromptFormat: the system message")
+    extra: dict[str, Any] = option(help="options of your own prompt format (env.prompt_format)", factory=dict)
 
     def as_kwargs(self) -> dict[str, Any]:
         named = {k: v for k, v in asdict(self).items() if k != "extra" and v is not None}
@@ -69,48 +74,52 @@ class PromptOptions:
 
 @dataclass
 class EnvConfig:
-    id: str = "agentrl/CueBandit-v0"
-    kwargs: dict[str, Any] = field(default_factory=dict)  # passed to the env constructor (training)
-    eval_sets: list[EvalSet] = field(default_factory=lambda: [EvalSet()])
-    eval_instances: int = 32  # panel size: the first N instances of each evaluation task set, in order
-    prompt: PromptOptions = field(default_factory=PromptOptions)  # options of the prompt format (see PromptOptions)
-    prompt_format: str | None = None  # "module:Name" to replace the env's own prompt format
-    imports: list[str] = field(default_factory=list)  # modules that register your own envs (imported first)
+    id: str = option("agentrl/CueBandit-v0", "a registered Gymnasium env id (agentrl/ALFWorld-v0, your own, ...)")
+    kwargs: dict[str, Any] = option(
+        help="the env constructor's arguments (training; eval sets update them)", factory=dict
+    )
+    eval_sets: list[EvalSet] = option(
+        help="fixed evaluation panels: [{name, kwargs, panel}]", resume=True, factory=lambda: [EvalSet()]
+    )
+    eval_instances: int = option(32, "panel size: the first N instances of each eval set, in order", resume=True)
+    prompt: PromptOptions = option(help="options of the prompt format (env.prompt.*)", factory=PromptOptions)
+    prompt_format: str | None = option(None, '"module:ClassName" of a prompt-format class replacing the env\'s own')
+    imports: list[str] = option(help="modules that register your own envs (imported first)", resume=True, factory=list)
 
 
 @dataclass
 class TrainerConfig:
     """The run: its length, seed, directory, checkpoints, evaluation cadence and logging."""
 
-    iterations: int = 150
-    seed: int = 0
-    run_dir: str = ""  # "": runs/<experiment>/<date_time> (resume=auto: runs/<experiment>/latest); agentrl/rundir.py
-    overwrite: bool = False  # a fresh run may replace a run already in run_dir (else it is refused)
-    checkpoint_every: int = 10
-    keep_checkpoints: int = 2
-    eval_every: int = 5
-    eval_before: bool = True
-    # > 0: after training, also play a random-admissible agent on every panel with this many seeds (the summary's
-    # "random" column: what luck alone wins in eval_max_turns)
-    random_baseline_seeds: int = 0
-    resume: str = "never"  # never | auto | path to a checkpoint folder
-    tensorboard: bool = False
-    wandb: bool = False
-    wandb_project: str = "agentrl"
-    progress: bool = True
+    iterations: int = option(150, "training iterations (rollout + update each)", resume=True)
+    seed: int = option(0, "seeds task sampling, generation and shuffling")
+    run_dir: str = option("", '"": runs/<experiment>/<date_time> (resume=auto: runs/<experiment>/latest)', resume=True)
+    overwrite: bool = option(False, "a fresh run may replace a run already in run_dir (else refused)", resume=True)
+    checkpoint_every: int = option(10, "checkpoint every N iterations (and after the last)", resume=True)
+    keep_checkpoints: int = option(2, "newest checkpoints kept", resume=True)
+    eval_every: int = option(5, "evaluate the panels every N iterations (and after the last)", resume=True)
+    eval_before: bool = option(True, "evaluate the panels before training", resume=True)
+    random_baseline_seeds: int = option(
+        0, "> 0: after training, a random-admissible agent plays every panel with this many seeds", resume=True
+    )
+    resume: str = option("never", "never | auto (the newest checkpoint in run_dir) | a checkpoint folder", resume=True)
+    tensorboard: bool = option(False, "also log to <run_dir>/tensorboard", resume=True)
+    wandb: bool = option(False, "also log to Weights & Biases", resume=True)
+    wandb_project: str = option("agentrl", "the W&B project", resume=True)
+    progress: bool = option(True, "progress bars (false: none, transformers' included)", resume=True)
 
 
 @dataclass
 class Config:
     """Every group is the library's own dataclass: what the YAML sets is what the code reads."""
 
-    experiment: str = "default"
-    env: EnvConfig = field(default_factory=EnvConfig)
-    model: ModelSpec = field(default_factory=lambda: ModelSpec(device="auto"))
-    algo: AlgoConfig = field(default_factory=AlgoConfig)
-    rollout: RolloutConfig = field(default_factory=RolloutConfig)
-    learner: LearnerConfig = field(default_factory=LearnerConfig)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    experiment: str = option("default", "the run's name: runs/<experiment>/...", resume=True)
+    env: EnvConfig = option(help="the environment", factory=EnvConfig)
+    model: ModelSpec = option(help="the model", factory=lambda: ModelSpec(device="auto"))
+    algo: AlgoConfig = option(help="the loss and its schedule", factory=AlgoConfig)
+    rollout: RolloutConfig = option(help="how episodes are played", factory=RolloutConfig)
+    learner: LearnerConfig = option(help="how updates are made", factory=LearnerConfig)
+    trainer: TrainerConfig = option(help="the run", factory=TrainerConfig)
 
 
 def register_schemas() -> None:
@@ -347,34 +356,6 @@ def check_env_kwargs(cfg: Config) -> list[str]:
     ]
 
 
-# Keys a resumed run may change: they do not alter what was learned so far or how samples are drawn, or (the
-# learner's lr, weight decay and gradient clip) they are applied from the new config from the next step on.
-RESUMABLE_CHANGES = (
-    "experiment",
-    "trainer.",
-    "learner.lr",
-    "learner.weight_decay",
-    "learner.max_grad_norm",
-    "learner.micro_batch_tokens",
-    "learner.logprob_chunk",
-    "learner.activation_checkpointing",
-    "rollout.num_workers",
-    "rollout.env_timeout_s",
-    "rollout.pipeline_chunks",
-    "rollout.generation_batch_size",
-    "rollout.eval_temperature",
-    "rollout.eval_max_turns",
-    "rollout.max_observation_chars",
-    "rollout.env_memory_mb",
-    "env.eval_sets",
-    "env.eval_instances",
-    "env.imports",
-    "model.device",
-    "model.backend",
-    "model.vllm.",
-)
-
-
 def config_dict(cfg: Config) -> dict[str, Any]:
     """The config as plain JSON values (what a checkpoint stores)."""
     return json.loads(json.dumps(asdict(cfg), default=str))
@@ -397,11 +378,40 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.rstrip("."): tree}
 
 
+def field_facts(schema: type = Config, prefix: str = "") -> dict[str, dict[str, Any]]:
+    """{"learner.lr": {"default": …, "help": …, "resume": …}} for every key of the schema: the facts each dataclass
+    field carries (agentrl.types.option). Nested groups are walked; dicts and lists are single keys."""
+    facts: dict[str, dict[str, Any]] = {}
+    for f in fields(schema):
+        if f.default is not MISSING:
+            default = f.default
+        elif f.default_factory is not MISSING:
+            default = f.default_factory()
+        else:
+            default = None
+        if is_dataclass(default):
+            facts.update(field_facts(type(default), f"{prefix}{f.name}."))
+        else:
+            facts[prefix + f.name] = {"default": default, **f.metadata}
+    return facts
+
+
+def resumable(key: str, facts: dict[str, dict[str, Any]]) -> bool:
+    """Whether a resumed run may change `key` (a flattened config key; keys inside a dict or list field follow
+    that field), from the field's metadata. A key the schema does not know is not."""
+    while key:
+        if key in facts:
+            return bool(facts[key].get("resume"))
+        key = key.rpartition(".")[0]
+    return False
+
+
 def resume_changes(saved: dict[str, Any], cfg: Config) -> tuple[list[str], list[str]]:
     """(refused, applied) differences between a checkpoint's config and the config resuming it.
 
-    Refused: anything that would silently mix two runs in one (model, loss, seed, sampling, env, …), and
-    trainer.iterations when the p schedule or the temperature annealing spans the run (it would re-time it mid-run).
+    Refused: a change to a field whose metadata says it may not change on resume (model, loss, seed, sampling,
+    env, …: it would silently mix two runs in one), and trainer.iterations when the p schedule or the temperature
+    annealing spans the run (it would re-time it mid-run).
     """
     old, new = flatten(saved), flatten(config_dict(cfg))
     for flat in (old, new):  # compare the schedule's effective length (0 means trainer.iterations)
@@ -409,6 +419,7 @@ def resume_changes(saved: dict[str, Any], cfg: Config) -> tuple[list[str], list[
             flat["algo.p_schedule_steps"] = flat.get("trainer.iterations")
     schedule_spans_run = not cfg.algo.p_schedule_steps and cfg.algo.p_start != cfg.algo.p_end
     annealing = cfg.rollout.temperature_end is not None  # its schedule spans trainer.iterations too
+    facts = field_facts()
     refused, applied = [], []
     for key in sorted(set(old) | set(new)):
         if old.get(key, "<unset>") == new.get(key, "<unset>"):
@@ -419,7 +430,7 @@ def resume_changes(saved: dict[str, Any], cfg: Config) -> tuple[list[str], list[
             refused.append(f"{line} ({hint})")
         elif key == "trainer.iterations" and annealing:
             refused.append(f"{line} (rollout.temperature_end anneals the sampling temperature over trainer.iterations)")
-        elif key.startswith(RESUMABLE_CHANGES) and key != "trainer.seed":
+        elif resumable(key, facts):
             applied.append(line)
         else:
             refused.append(line)

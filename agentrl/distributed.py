@@ -89,7 +89,7 @@ def shard_model(
     head; tied embeddings stay one parameter) in the root unit. Parameters stay fp32 (master weights); with
     precision="bf16" each unit computes in bf16 and reduces gradients in fp32. Gradients are summed across ranks
     (divide factor 1): the learner divides by the global counts itself. `forward(model, …)`: a function the caller
-    runs instead of model.forward (the learner's token log-probs), registered as FORWARD_METHOD (learner.shard)."""
+    runs instead of model.forward (the learner's token log-probs), registered as FORWARD_METHOD (scoring.shard)."""
     import types
 
     from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method

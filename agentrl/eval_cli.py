@@ -23,10 +23,16 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+from agentrl import envs
+from agentrl.checkpoint import list_checkpoints
+from agentrl.config import load_run_config
+from agentrl.envs.agents import SCRIPTED_AGENTS, run_panel
+from agentrl.envs.pool import EnvPool, env_factory
+from agentrl.errors import ConfigError
 from agentrl.evaluation import evaluate_rollout, markdown, panel_for, seeds_table
 from agentrl.policies.backends import make_policy
-from agentrl.policies.models import ModelSpec, load_model
-from agentrl.policies.vllm import VllmSpec
+from agentrl.policies.models import ModelSpec, check_model_name, load_model
+from agentrl.policies.vllm import VllmSpec, vllm_missing
 from agentrl.rollout import RolloutConfig, RolloutManager
 from agentrl.rundir import writable_location
 
@@ -64,18 +70,12 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _newest_model(run_dir: Path) -> str | None:
-    from agentrl.checkpoint import list_checkpoints
-
     found = list_checkpoints(run_dir)
     return str(found[-1] / "model") if found else None
 
 
 def resolve(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
     """The evaluation settings and every problem with them (all at once; nothing loaded yet)."""
-    from agentrl import envs
-    from agentrl.envs.agents import SCRIPTED_AGENTS
-    from agentrl.policies.models import check_model_name
-
     problems: list[str] = []
     for module in args.imports:
         try:
@@ -95,34 +95,7 @@ def resolve(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
         "vllm": None,
     }
     if args.run is not None:
-        from agentrl.config import load_run_config
-
-        try:
-            cfg = load_run_config(args.run)
-        except (OSError, ValueError) as err:
-            problems.append(f"--run {args.run}: {err}")
-        else:
-            for module in cfg.env.imports:
-                try:
-                    importlib.import_module(module)
-                except ImportError as err:
-                    problems.append(
-                        f"the run's env.imports: cannot import {module!r} ({err}); add its folder to PYTHONPATH"
-                    )
-            sets = {e.name: e for e in cfg.env.eval_sets}
-            chosen = sets.get(args.eval_set) if args.eval_set else cfg.env.eval_sets[0]
-            if chosen is None:
-                problems.append(f"--eval-set {args.eval_set!r}: the run has {', '.join(sets)}")
-            else:
-                s["env_kwargs"] = {**cfg.env.kwargs, **chosen.kwargs}
-                s["panel"] = args.panel or chosen.panel
-            s.update(rollout=cfg.rollout, prompt_format=cfg.env.prompt_format, prompt=cfg.env.prompt.as_kwargs())
-            s["env"], s["instances"] = args.env or cfg.env.id, cfg.env.eval_instances
-            s["backend"], s["vllm"] = args.backend or str(cfg.model.backend), cfg.model.vllm
-            if not args.model and not args.agent:
-                s["model"] = _newest_model(args.run)
-                if s["model"] is None:
-                    problems.append(f"--run {args.run} has no checkpoint yet; give --model")
+        problems += _from_run(args, s)
     if args.env_kwargs is not None:
         try:
             s["env_kwargs"] = json.loads(args.env_kwargs)
@@ -131,18 +104,55 @@ def resolve(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
         if not isinstance(s["env_kwargs"], dict):
             problems.append(f"--env-kwargs must be a JSON object, got {args.env_kwargs!r}")
             s["env_kwargs"] = {}
-    rollout: RolloutConfig = s["rollout"]
     overrides = {
         "eval_temperature": args.temperature,
         "max_new_tokens": args.max_new_tokens,
         "eval_max_turns": args.max_turns,
     }
-    rollout = replace(rollout, num_workers=args.workers, **{k: v for k, v in overrides.items() if v is not None})
+    rollout = replace(s["rollout"], num_workers=args.workers, **{k: v for k, v in overrides.items() if v is not None})
     if args.run is None and args.temperature is None:
         rollout = replace(rollout, eval_temperature=0.4)
     s["rollout"] = rollout
     if args.instances is not None:
         s["instances"] = args.instances
+    return s, problems + _problems(args, s)
+
+
+def _from_run(args: argparse.Namespace, s: dict[str, Any]) -> list[str]:
+    """Fill `s` from the run's config.yaml (what shapes what the model sees and says); the problems found. Nothing
+    the config names is imported: its env.imports load only when the user passes them again with --imports."""
+    try:
+        cfg = load_run_config(args.run)
+    except (OSError, ValueError) as err:
+        return [f"--run {args.run}: {err}"]
+    problems = []
+    untrusted = [m for m in cfg.env.imports if m not in args.imports]
+    if untrusted:
+        problems.append(
+            f"the run's env.imports names {', '.join(map(repr, untrusted))}: agentrl does not import modules named by "
+            f"a run directory (it may come from someone else); if you trust them, pass --imports {' '.join(untrusted)}"
+        )
+    sets = {e.name: e for e in cfg.env.eval_sets}
+    chosen = sets.get(args.eval_set) if args.eval_set else cfg.env.eval_sets[0]
+    if chosen is None:
+        problems.append(f"--eval-set {args.eval_set!r}: the run has {', '.join(sets)}")
+    else:
+        s["env_kwargs"] = {**cfg.env.kwargs, **chosen.kwargs}
+        s["panel"] = args.panel or chosen.panel
+    s.update(rollout=cfg.rollout, prompt_format=cfg.env.prompt_format, prompt=cfg.env.prompt.as_kwargs())
+    s["env"], s["instances"] = args.env or cfg.env.id, cfg.env.eval_instances
+    s["backend"], s["vllm"] = args.backend or str(cfg.model.backend), cfg.model.vllm
+    if not args.model and not args.agent:
+        s["model"] = _newest_model(args.run)
+        if s["model"] is None:
+            problems.append(f"--run {args.run} has no checkpoint yet; give --model")
+    return problems
+
+
+def _problems(args: argparse.Namespace, s: dict[str, Any]) -> list[str]:
+    """What is wrong with the resolved settings: env id, model or agent, backend, numbers, output folder."""
+    problems = []
+    rollout: RolloutConfig = s["rollout"]
     if s["env"] is None:
         problems.append("give --env (or --run)")
     elif env_problems := envs.check_env_id(s["env"]):
@@ -154,8 +164,6 @@ def resolve(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
     if s["model"] is not None:
         problems += check_model_name(s["model"])
     if s["backend"] == "vllm" and args.agent is None:
-        from agentrl.policies.vllm import vllm_missing
-
         problems += [m for m in [vllm_missing("--backend")] if m]
     if s["instances"] < 1:
         problems.append(f"--instances must be >= 1, got {s['instances']}")
@@ -166,15 +174,10 @@ def resolve(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
     problems += [p.replace("rollout.", "--") for p in rollout.validate() if "temperature" not in p]
     if not writable_location(Path(args.out)):
         problems.append(f"--out {args.out}: not a writable location; choose another folder")
-    return s, problems
+    return problems
 
 
 def main(argv: list[str] | None = None) -> None:
-    from agentrl import envs
-    from agentrl.envs.agents import SCRIPTED_AGENTS, run_panel
-    from agentrl.envs.pool import EnvPool, env_factory
-    from agentrl.errors import ConfigError
-
     ap = parser()
     args = ap.parse_args(argv)
     s, problems = resolve(args)
@@ -183,7 +186,8 @@ def main(argv: list[str] | None = None) -> None:
     fmt = None
     if not problems:
         try:
-            fmt = envs.make_prompt_format(env_id, s["prompt_format"], **s["prompt"])
+            # a prompt format named by a run's config loads only from agentrl or from modules the user imported
+            fmt = envs.make_prompt_format(env_id, s["prompt_format"], import_modules=args.run is None, **s["prompt"])
             probe = envs.make_env(env_id, max_episode_steps=max_turns, **env_kwargs)
             indices, panel_hash = panel_for(env_id, env_kwargs, probe, s["instances"], s["panel"])
         except (ConfigError, OSError, TypeError, ValueError) as err:

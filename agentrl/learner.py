@@ -1,8 +1,11 @@
-"""The learner: masked samples → token log-probs → policy loss (registry, p from the schedule) → optimizer steps.
+"""The learner's update: plan the optimizer steps, π_old and reference log-probs, then masked policy-loss steps.
 
-Memory: the LM head runs only on positions whose next token the agent generated, in chunks under activation
-checkpointing, so full-vocabulary fp32 logits are never materialised for the batch. Micro-batches are grouped by
-length; gradient accumulation divides by mini-batch totals (sequences, tokens), so an update equals one big batch.
+    learner = Learner(model, LearnerConfig(lr=1e-6), AlgoConfig())
+    metrics = learner.update(samples, p=0.5)
+
+The scoring itself (token log-probs, masks, constraints, the chunked LM head, the prefix cache) is
+agentrl/scoring.py. Gradient accumulation divides by mini-batch totals (sequences, tokens), so an update equals one
+big batch; under torchrun every rank runs the same collectives.
 """
 
 from __future__ import annotations
@@ -10,57 +13,63 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
 
 from agentrl import distributed
-from agentrl.algo import AlgoConfig
+from agentrl.algo import AggregateOver, AlgoConfig
 from agentrl.errors import ConfigError, unknown_name_message
 from agentrl.losses import POLICY_LOSSES, get_policy_loss, kl_k3, passed_options
 from agentrl.losses.mismatch import Correction, MismatchConfig, mismatch_weights
 from agentrl.policies.lora import adapter_disabled, has_adapters
-from agentrl.prefix_cache import FrozenPrefix, decoder_body, frozen_prefix_start
-from agentrl.types import Precision, Sample
+from agentrl.prefix_cache import FrozenPrefix, frozen_prefix_start
+from agentrl.scoring import Batch, collate, forced_positions, length_grouped, token_log_probs
+from agentrl.types import Choice, Precision, Sample, option
+
+
+class OldLogProbs(Choice):
+    recompute = "recompute"  # a no-grad pass of the learner before the update (verl's default)
+    rollout = "rollout"  # the sampler's own log-probs (verl's bypass mode)
 
 
 @dataclass
 class LearnerConfig:
     """The `learner` config group: optimisation, batching and regularisation (the loss itself is `algo`)."""
 
-    lr: float = 1e-6
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    mini_batch_size: int = 0  # rows per optimizer step, all ranks together (ppo_mini_batch_size); 0: mini_batches
-    mini_batches: int = 2  # else: optimizer steps per epoch; ≥ 2 or p has no effect (PAPER.md §7)
-    epochs: int = 1
-    micro_batch_tokens: int = 4096  # padded tokens per forward/backward
-    logprob_chunk: int = 1024  # action positions per LM-head chunk
-    kl_coef: float = 0.0  # k3 KL to the frozen reference (verl's kl_loss_coef)
-    entropy_coef: float = 0.0  # entropy bonus: loss −= coef · token-mean entropy (verl's entropy_coeff)
-    activation_checkpointing: bool = False  # recompute each decoder layer's activations in backward (less memory)
-    mismatch: MismatchConfig = field(default_factory=MismatchConfig)  # π_old/π_rollout correction (losses/mismatch.py)
-    # π_old for the optimizer steps after the first: "recompute" (a no-grad pass of the learner before the update) or
-    # "rollout" (the sampler's own log-probs, kept by the rollout: no pass; verl's bypass mode). The sampler must
-    # score what the learner scores (same weights, temperature and constraints); its gap is logged as mismatch/*.
-    old_log_probs: str = "recompute"
-    # multiply each row's advantage by the temperature it was sampled at: ∇_logits of T·log softmax(z/T)_a is
-    # e_a − softmax(z/T), so a row sampled hot pushes the logits as hard as one sampled at 1 (without it, a row at
-    # T gets 1/T of the push, and wins found by hot exploration barely teach the policy). Ratios and clipping are
-    # unchanged; rows without a temperature of their own use the rollout's.
-    temperature_compensation: bool = False
+    lr: float = option(1e-6, "AdamW learning rate (a resumed run applies a new one)", resume=True)
+    weight_decay: float = option(0.0, "AdamW weight decay", resume=True)
+    max_grad_norm: float = option(1.0, "gradient clipping by global norm", resume=True)
+    mini_batch_size: int = option(0, "rows per optimizer step, all ranks together; 0: use learner.mini_batches")
+    mini_batches: int = option(2, "optimizer steps per epoch (>= 2 or p has no effect: PAPER.md §7)")
+    epochs: int = option(1, "passes over the iteration's samples")
+    micro_batch_tokens: int = option(4096, "padded tokens per forward/backward", resume=True)
+    logprob_chunk: int = option(1024, "action positions per LM-head chunk", resume=True)
+    kl_coef: float = option(0.0, "k3 KL to the frozen reference (verl's kl_loss_coef)")
+    entropy_coef: float = option(0.0, "entropy bonus: loss −= coef · token-mean entropy")
+    activation_checkpointing: bool = option(
+        False, "recompute each decoder layer in backward (less memory)", resume=True
+    )
+    mismatch: MismatchConfig = option(help="π_old/π_rollout correction (losses/mismatch.py)", factory=MismatchConfig)
+    # "recompute": a no-grad pass of the learner before the update; "rollout": the sampler's own log-probs, kept by
+    # the rollout (no pass; verl's bypass mode). The sampler must score what the learner scores (same weights,
+    # temperature and constraints); its gap is logged as mismatch/*.
+    old_log_probs: OldLogProbs = option(OldLogProbs.recompute, "π_old for steps after the first: recompute | rollout")
+    # ∇_logits of T·log softmax(z/T)_a is e_a − softmax(z/T), so a row sampled hot pushes the logits as hard as one
+    # sampled at 1 (without it, a row at T gets 1/T of the push, and wins found by hot exploration barely teach the
+    # policy). Ratios and clipping are unchanged.
+    temperature_compensation: bool = option(False, "multiply each row's advantage by its sampling temperature")
     # with epochs >= 2 and only the top decoder layers training (LoRA on them), keep each sample's input to the
     # lowest trained layer from its first forward and run only the layers from there up afterwards (exact;
     # agentrl/prefix_cache.py). Off under torchrun.
-    frozen_prefix_cache: bool = False
+    frozen_prefix_cache: bool = option(False, "run the frozen bottom layers once per sample per update (exact)")
 
     def validate(self) -> list[str]:
         problems = self.mismatch.validate()
-        if self.old_log_probs not in ("recompute", "rollout"):
-            problems.append(f"learner.old_log_probs must be recompute or rollout, got {self.old_log_probs!r}")
+        if self.old_log_probs not in list(OldLogProbs):
+            problems.append(unknown_name_message("learner.old_log_probs", self.old_log_probs, list(OldLogProbs)))
         for name in ("mini_batches", "epochs", "micro_batch_tokens", "logprob_chunk"):
             if getattr(self, name) < 1:
                 problems.append(f"learner.{name} must be >= 1, got {getattr(self, name)}")
@@ -85,236 +94,6 @@ def check_correction(correction: Correction, loss: str) -> list[str]:
         f"learner.mismatch.correction={correction}: loss {loss!r} takes no is_weight; set "
         "learner.mismatch.correction=off or add an is_weight parameter to the loss"
     ]
-
-
-Entropy = Literal["none", "value", "grad"]  # whether token_log_probs also returns the entropy, and with gradient
-
-
-@dataclass
-class Batch:
-    """A padded micro-batch. Every tensor is [B, T] except advantages [B]."""
-
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    action_mask: torch.Tensor
-    advantages: torch.Tensor
-    index: list[int]  # positions of these rows in the sample list
-    # constrained decoding, over the N action positions in row-major order: which are restricted [N] bool, and the
-    # (position, token) pairs allowed there ([M], [M]); None when no row is constrained
-    allowed: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
-    # the sampler's log-probs at action positions [B, T] and the mask of positions that have one [B, T]; None when
-    # no row has them
-    rollout: tuple[torch.Tensor, torch.Tensor] | None = None
-    # each row's sampling temperature [B] (NaN: the learner's), when rows were sampled at different ones; else None
-    temperature: torch.Tensor | None = None
-
-    def row_temperatures(self, default: float) -> torch.Tensor | None:
-        """Each row's sampling temperature [B], `default` (the learner's) where a row has none; None when no row has
-        one of its own."""
-        return None if self.temperature is None else torch.nan_to_num(self.temperature.float(), nan=default)
-
-
-def _allowed_pairs(rows: Sequence[Sample]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-    if all(s.allowed is None for s in rows):
-        return None
-    restricted: list[bool] = []
-    positions: list[int] = []
-    tokens: list[int] = []
-    for s in rows:
-        mask = s.action_mask[1:]  # token_log_probs scores positions 1..T-1 (a first token has no context)
-        entries = s.allowed if s.allowed is not None else [None] * sum(s.action_mask)
-        entries = entries[len(entries) - sum(mask) :]
-        for allowed in entries:
-            if allowed is not None:
-                positions += [len(restricted)] * len(allowed)
-                tokens += allowed
-            restricted.append(allowed is not None)
-    return (
-        torch.tensor(restricted, dtype=torch.bool),
-        torch.tensor(positions, dtype=torch.long),
-        torch.tensor(tokens, dtype=torch.long),
-    )
-
-
-def collate(samples: Sequence[Sample], index: Sequence[int], device: torch.device, pad_id: int = 0) -> Batch:
-    rows = [samples[i] for i in index]
-    width = max(len(s.input_ids) for s in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # [B, T]
-    att = torch.zeros((len(rows), width), dtype=torch.long)
-    act = torch.zeros((len(rows), width), dtype=torch.long)
-    for r, s in enumerate(rows):
-        n = len(s.input_ids)
-        ids[r, :n] = torch.tensor(s.input_ids)
-        att[r, :n] = 1
-        act[r, :n] = torch.tensor(s.action_mask)
-    adv = torch.tensor([s.advantage for s in rows], dtype=torch.float32)
-    allowed = _allowed_pairs(rows)
-    allowed = None if allowed is None else tuple(t.to(device) for t in allowed)
-    rollout = None
-    if any(s.rollout_logprobs is not None for s in rows):
-        values = torch.zeros((len(rows), width), dtype=torch.float32)
-        has = torch.zeros((len(rows), width), dtype=torch.long)
-        for r, s in enumerate(rows):
-            if s.rollout_logprobs is not None:
-                positions = act[r].nonzero().squeeze(-1)
-                values[r, positions] = torch.tensor(s.rollout_logprobs, dtype=torch.float32)
-                has[r, positions] = 1
-        rollout = (values.to(device), has.to(device))
-    temperature = None
-    if any(s.temperature is not None for s in rows):
-        temperature = torch.tensor([math.nan if s.temperature is None else s.temperature for s in rows]).to(device)
-    return Batch(
-        ids.to(device), att.to(device), act.to(device), adv.to(device), list(index), allowed, rollout, temperature
-    )
-
-
-def length_grouped(
-    samples: Sequence[Sample], index: Sequence[int], token_budget: int, max_padding: float = 0.1
-) -> list[list[int]]:
-    """Split `index` into micro-batches of similar length: padded size (rows × longest) within the budget, and
-    every row at least (1 − max_padding) × the longest, so padding stays under `max_padding` of computed tokens."""
-    order = sorted(index, key=lambda i: -len(samples[i].input_ids))
-    groups: list[list[int]] = []
-    for i in order:
-        if groups:
-            longest = len(samples[groups[-1][0]].input_ids)
-            fits = (len(groups[-1]) + 1) * longest <= token_budget
-            if fits and len(samples[i].input_ids) >= (1.0 - max_padding) * longest:
-                groups[-1].append(i)
-                continue
-        groups.append([i])
-    return groups
-
-
-def _chunk_log_probs(
-    lm_head: torch.nn.Module,
-    hidden: torch.Tensor,
-    targets: torch.Tensor,
-    temperature: float | torch.Tensor,
-    entropy: Entropy,
-    keep: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-probs of `targets` [n] and, when asked, the entropy [n] of the same (temperature-scaled) distribution
-    (with gradient for an entropy bonus, detached for a metric) or an empty tensor. `temperature` is one value or
-    one per position [n]. `keep` [n, V] restricts each position to its allowed tokens (constrained decoding): the
-    distribution is renormalised over them."""
-    if isinstance(temperature, torch.Tensor):
-        temperature = temperature[:, None]
-    logits = lm_head(hidden).float() / temperature  # [n, V], only this chunk
-    if keep is not None:
-        logits = logits.masked_fill(~keep, float("-inf"))
-    logp = torch.log_softmax(logits, dim=-1)
-    picked = logp.gather(-1, targets[:, None]).squeeze(-1)
-    if entropy == "none":
-        return picked, logp.new_zeros(0)
-    with torch.set_grad_enabled(entropy == "grad" and torch.is_grad_enabled()):
-        finite = logp if keep is None else logp.masked_fill(~keep, 0.0)  # 0 · log 0 = 0, with a finite gradient
-        return picked, -(logp.exp() * finite).sum(-1)
-
-
-def _keep_mask(
-    allowed: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None, start: int, end: int, vocab: int
-) -> torch.Tensor | None:
-    """[end − start, V] allowed-token mask for action positions start..end, or None if none is restricted."""
-    if allowed is None:
-        return None
-    restricted, positions, tokens = allowed
-    if not bool(restricted[start:end].any()):
-        return None
-    keep = torch.ones((end - start, vocab), dtype=torch.bool, device=restricted.device)
-    keep[restricted[start:end]] = False
-    inside = (positions >= start) & (positions < end)
-    keep[positions[inside] - start, tokens[inside]] = True
-    return keep
-
-
-def token_log_probs(
-    model: torch.nn.Module,
-    batch: Batch,
-    *,
-    chunk: int,
-    temperature: float = 1.0,
-    entropy: Entropy = "none",
-    prefix: FrozenPrefix | None = None,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """See _token_log_probs. A model sharded with FSDP2 runs it as its registered forward method, so the root
-    unit's parameters (embeddings, final norm, LM head) are gathered around it and its gradients reduced (no
-    prefix cache there)."""
-    sharded = getattr(model, distributed.FORWARD_METHOD, None)
-    if sharded is not None:
-        return sharded(batch, chunk=chunk, temperature=temperature, entropy=entropy)
-    return _token_log_probs(model, batch, chunk=chunk, temperature=temperature, entropy=entropy, prefix=prefix)
-
-
-def _token_log_probs(
-    model: torch.nn.Module,
-    batch: Batch,
-    *,
-    chunk: int,
-    temperature: float = 1.0,
-    entropy: Entropy = "none",
-    prefix: FrozenPrefix | None = None,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """log π(token_t | tokens_<t) at positions where action_mask is 1, as a [B, T] fp32 tensor (0 elsewhere), and
-    the policy entropy at the same positions when `entropy` is "value" (detached) or "grad" (else None). Each row
-    is scored at its own sampling temperature when the batch has them (`batch.temperature`), else at `temperature`.
-
-    Runs the decoder body once, then the LM head only on the N action positions, `chunk` at a time; with gradients
-    on, each chunk is checkpointed so its [chunk, V] logits are recomputed in backward instead of stored. With a
-    `prefix` cache the rows it holds run only the layers above the frozen ones; the others fill it.
-    """
-    body = decoder_body(model)
-    hidden = _body_forward(body, batch, prefix)  # [B, T, H]
-    lm_head = model.get_output_embeddings()
-    target_pos = batch.action_mask[:, 1:].bool()  # [B, T-1]: token t+1 was generated by the agent
-    h = hidden[:, :-1][target_pos]  # [N, H]
-    targets = batch.input_ids[:, 1:][target_pos]  # [N]
-    per_row = None
-    rows = batch.row_temperatures(temperature)
-    if rows is not None:  # [N]: each action position at its row's temperature
-        per_row = rows[:, None].expand_as(target_pos)[target_pos]
-    pieces, entropies = [], []
-    vocab = lm_head.weight.shape[0]
-    for start in range(0, h.shape[0], chunk):
-        end = min(start + chunk, h.shape[0])
-        keep = _keep_mask(batch.allowed, start, end, vocab)
-        temp = temperature if per_row is None else per_row[start:end]
-        args = (lm_head, h[start:end], targets[start:end], temp, entropy, keep)
-        if torch.is_grad_enabled():
-            piece, ent = checkpoint(_chunk_log_probs, *args, use_reentrant=False)
-        else:
-            piece, ent = _chunk_log_probs(*args)
-        pieces.append(piece)
-        entropies.append(ent)
-
-    def scatter(flat: list[torch.Tensor]) -> torch.Tensor:
-        full = torch.zeros(batch.input_ids.shape, dtype=torch.float32, device=h.device)  # [B, T]
-        values = torch.cat(flat) if flat else h.new_zeros(0, dtype=torch.float32)
-        full[:, 1:] = full[:, 1:].masked_scatter(target_pos, values)
-        return full
-
-    return scatter(pieces), (None if entropy == "none" else scatter(entropies))
-
-
-def shard(model: torch.nn.Module, precision: str = "fp32") -> torch.nn.Module:
-    """FSDP2 over the process group (distributed.shard_model) with the learner's scoring as the registered forward."""
-    return distributed.shard_model(model, precision=precision, forward=_token_log_probs)
-
-
-def _body_forward(body: torch.nn.Module, batch: Batch, prefix: FrozenPrefix | None) -> torch.Tensor:
-    """The body's last hidden states [B, T, H]: from the prefix cache when it holds every row (checked against the
-    full forward on its first use), else the full forward, filling the cache when there is one."""
-    if prefix is not None and prefix.has(batch.index):
-        cached = prefix.top(body, batch.index, batch.attention_mask)
-        if not prefix.checked:
-            with torch.no_grad():
-                full = body(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
-            prefix.check(full, cached, batch.attention_mask)
-        return cached
-    if prefix is None:
-        return body(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
-    with prefix.capture(body, batch.index, batch.attention_mask.sum(-1).tolist()):
-        return body(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
 
 
 class MetricAccumulator:
@@ -355,13 +134,12 @@ class Learner:
         algo: AlgoConfig | None = None,
         *,
         precision: str = "fp32",
-        temperature: float = 1.0,
         reply_length: int | None = None,
         seed: int = 0,
         ref_model: torch.nn.Module | Literal["base"] | None = None,
         sampler_matches_learner: bool = True,
     ):
-        """`temperature` is the rollout's sampling temperature (log-probs are those of the sampled distribution);
+        """Each row is scored at the temperature it was sampled at (Sample.temperature, the rollout's record);
         `reply_length` the rollout's max_new_tokens (a loss's constant length normaliser defaults to it);
         `ref_model` the KL reference: a frozen model, or "base" for this model with its LoRA adapters off;
         `sampler_matches_learner`: whether the generation backend samples exactly the learner's distribution
@@ -372,8 +150,6 @@ class Learner:
         problems += check_correction(self.correction, self.algo.loss)
         if precision not in (Precision.fp32, Precision.bf16):
             problems.append(unknown_name_message("precision", precision, [Precision.fp32, Precision.bf16]))
-        if not temperature > 0:
-            problems.append(f"learner temperature must be > 0, got {temperature}")
         if cfg.kl_coef > 0 and ref_model is None:
             problems.append("learner.kl_coef > 0 needs a reference model; pass ref_model or set kl_coef=0")
         if ref_model == "base" and not has_adapters(model):
@@ -386,7 +162,7 @@ class Learner:
             )
         if problems:
             raise ConfigError("invalid learner config:\n  " + "\n  ".join(problems))
-        self.model, self.cfg, self.precision, self.temperature = model, cfg, precision, temperature
+        self.model, self.cfg, self.precision = model, cfg, precision
         self.loss_fn = get_policy_loss(self.algo.loss)
         self.passed = passed_options(self.loss_fn)
         self.loss_kwargs = self.algo.loss_options(reply_length or 0)
@@ -460,9 +236,7 @@ class Learner:
             # the frozen layers are the same with adapters off (the "base" reference): its rows fill or read the cache
             prefix = self._active_prefix if model is self.model and group is not None else None
             with self._autocast():
-                lp, _ = token_log_probs(
-                    model, batch, chunk=self.cfg.logprob_chunk, temperature=self.temperature, prefix=prefix
-                )
+                lp, _ = token_log_probs(model, batch, chunk=self.cfg.logprob_chunk, prefix=prefix)
             for row, i in enumerate(group or []):
                 out[i] = lp[row, : len(samples[i].input_ids)].cpu()
             self._tick(desc)
@@ -593,7 +367,6 @@ class Learner:
                     self.model,
                     batch,
                     chunk=self.cfg.logprob_chunk,
-                    temperature=self.temperature,
                     entropy=entropy_mode,
                     prefix=None if group is None else self._active_prefix,
                 )
@@ -614,6 +387,7 @@ class Learner:
                 "clip_high": self.algo.clip_high,
                 **totals,
                 "is_weight": is_weight,
+                "aggregate_mask": self._aggregate_mask(batch),
             }
             loss, metrics = self.loss_fn(
                 lp,
@@ -639,13 +413,19 @@ class Learner:
             self._tick(self._step_desc)
         return total_loss, acc.result(), padded
 
+    def _aggregate_mask(self, batch: Batch) -> torch.Tensor | None:
+        """What a sequence-level loss aggregates over: None (its action mask) unless algo.aggregate_over=chosen and
+        the batch is constrained, then the action tokens the agent chose (forced ones left out)."""
+        if self.algo.aggregate_over != AggregateOver.chosen or batch.allowed is None:
+            return None
+        return batch.action_mask * ~forced_positions(batch)
+
     def _advantages(self, batch: Batch) -> torch.Tensor:
         """The advantages [B] the loss takes: the samples', times each row's sampling temperature when
         `temperature_compensation` is on."""
         if not self.cfg.temperature_compensation:
             return batch.advantages
-        rows = batch.row_temperatures(self.temperature)
-        return batch.advantages * (self.temperature if rows is None else rows)
+        return batch.advantages * batch.temperature
 
     def _optimizer_step(self, samples, rows, old, ref, p: float) -> dict[str, float]:
         # the entropy metric is measured on the first step's rows (the policy before this update): one pass's worth

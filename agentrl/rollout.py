@@ -21,41 +21,44 @@ from agentrl.envs.pool import EnvPool, StepResult
 from agentrl.envs.prompting import ConstrainedReplies, HistoryItem, PromptFormat, constrained_problems
 from agentrl.errors import unknown_name_message
 from agentrl.policies.base import Constraint, Policy, SamplingParams, allowed_per_token
-from agentrl.types import Episode, SampleMode, Turn
+from agentrl.types import Episode, SampledWith, SampleMode, Turn, option
 
 
 @dataclass
 class RolloutConfig:
     """The `rollout` config group: how episodes are played and how replies are sampled."""
 
-    group_size: int = 8
-    tasks_per_iteration: int = 16
-    max_turns: int = 50  # the one step limit: envs are made with Gymnasium's TimeLimit at this value
-    history_length: int = 2  # (observation, action) pairs quoted in window prompts (verl-agent: 2)
-    max_prompt_tokens: int = 2048
-    invalid_penalty: float = 0.1  # subtracted from the invalid turn's own row (samples.py)
-    length_limited_is_invalid: bool = True  # a reply cut by max_new_tokens counts as invalid
-    length_limited_scores_zero: bool = False  # and earns no env reward (oat: truncated responses get 0)
-    constrained_actions: bool = False  # sample only replies naming an admissible action (learner scores the same)
-    sample_mode: SampleMode = SampleMode.window
-    num_workers: int = 2  # env worker processes; 0 = in-process
-    env_timeout_s: float = 120.0
-    max_observation_chars: int = 32_768  # a longer observation ends its episode (checked before tokenising)
-    env_memory_mb: int = 8192  # address-space cap per env worker above its start size (0: none); over it: restart
-    pipeline_chunks: int = 2  # >1: generate chunk k+1 while the env workers step chunk k (hides env time)
-    temperature: float = 1.0  # the learner's log-probs are those of this sampled distribution
-    # training only: group member k samples at member_temperatures[k % len] (each row then scored by the learner at
-    # its own), so one group holds hot, exploring members and cold, near-greedy ones; []: all at `temperature`
-    member_temperatures: list[float] = field(default_factory=list)
-    # training only: anneal geometrically from `temperature` at the first iteration to this at the last (member
-    # temperatures scale by the same factor); each row is scored by the learner at its iteration's; None: constant
-    temperature_end: float | None = None
-    top_p: float = 1.0
-    max_new_tokens: int = 512  # reply length limit (also Dr.GRPO's constant length normaliser)
-    stop: list[str] = field(default_factory=list)
-    generation_batch_size: int = 64
-    eval_temperature: float = 0.4  # 0 = greedy
-    eval_max_turns: int = 50
+    group_size: int = option(8, "episodes per task (the group of group-relative advantages)")
+    tasks_per_iteration: int = option(16, "tasks sampled per iteration (all ranks together)")
+    max_turns: int = option(50, "the one step limit in training: envs are made with Gymnasium's TimeLimit at it")
+    history_length: int = option(2, "(observation, action) pairs quoted in window prompts (verl-agent: 2)")
+    max_prompt_tokens: int = option(2048, "a longer prompt ends its episode")
+    invalid_penalty: float = option(0.1, "subtracted from an invalid turn's own row")
+    length_limited_is_invalid: bool = option(True, "a reply cut by max_new_tokens counts as invalid")
+    length_limited_scores_zero: bool = option(False, "a reply cut by max_new_tokens earns no env reward (oat)")
+    constrained_actions: bool = option(False, "sample only replies naming an admissible action (the learner too)")
+    sample_mode: SampleMode = option(SampleMode.window, "window: one row per turn; full: one row per episode")
+    num_workers: int = option(2, "env worker processes; 0: in-process", resume=True)
+    env_timeout_s: float = option(
+        120.0, "an env call slower than this fails its episode (the worker restarts)", resume=True
+    )
+    max_observation_chars: int = option(32_768, "a longer observation ends its episode", resume=True)
+    env_memory_mb: int = option(8192, "address-space cap per env worker over its start size (0: none)", resume=True)
+    pipeline_chunks: int = option(2, "> 1: generate chunk k+1 while the env workers step chunk k", resume=True)
+    temperature: float = option(1.0, "training sampling temperature (the learner scores this distribution)")
+    # group member k samples at member_temperatures[k % len] (each row then scored by the learner at its own), so
+    # one group holds hot, exploring members and cold, near-greedy ones
+    member_temperatures: list[float] = option(
+        help="training: member k of a group samples at t[k mod len]; []: all at rollout.temperature", factory=list
+    )
+    # member temperatures scale by the same factor; each row is scored by the learner at its iteration's
+    temperature_end: float | None = option(None, "training temperatures anneal geometrically to this; None: constant")
+    top_p: float = option(1.0, "nucleus sampling (training)")
+    max_new_tokens: int = option(512, "reply length limit (also Dr.GRPO's constant length normaliser)")
+    stop: list[str] = option(help="stop strings ending a reply", factory=list)
+    generation_batch_size: int = option(64, "prompts per generate call (transformers backend)", resume=True)
+    eval_temperature: float = option(0.4, "evaluation sampling temperature; 0: greedy", resume=True)
+    eval_max_turns: int = option(50, "the step limit in evaluation", resume=True)
 
     def pool_options(self) -> dict[str, int]:
         """EnvPool's guards against misbehaving envs (envs/pool.py)."""
@@ -218,6 +221,7 @@ class RolloutManager:
         self.timings.env_s += time.perf_counter() - started
         live = []
         temps = [] if self.evaluation else list(self.cfg.member_temperatures if temperatures is None else temperatures)
+        temps = temps or [sampling.temperature]  # every episode records the temperature it samples at
         for slot, (task, result) in enumerate(zip(members, resets)):
             ep = Episode(
                 episode_id=slot,
@@ -225,7 +229,7 @@ class RolloutManager:
                 task=str(result.info.get("task", "")),
                 task_type=str(result.info.get("task_type", "")),
                 instance=str(result.info.get("instance", "")),
-                temperature=temps[(slot % g) % len(temps)] if temps else None,
+                temperature=temps[(slot % g) % len(temps)],
             )
             state = _Live(ep, slot, result.observation, result.info)
             if result.error:
@@ -292,14 +296,13 @@ class RolloutManager:
 
     def _generate(
         self,
-        temperatures: list[float | None],
+        values: list[float],
         prompts: list[list[int]],
         sampling: SamplingParams,
         constraints: list[Constraint | None] | None,
     ) -> list:
-        """One completion per prompt, each at its episode's temperature (None: `sampling`'s): one generate call per
-        distinct temperature (the k-th with the call's seed + k, so the calls' samples differ)."""
-        values = [sampling.temperature if t is None else t for t in temperatures]
+        """One completion per prompt, each at its episode's temperature (`values`): one generate call per distinct
+        temperature (the k-th with the call's seed + k, so the calls' samples differ)."""
         out: list = [None] * len(prompts)
         for k, value in enumerate(dict.fromkeys(values)):
             part = [i for i, v in enumerate(values) if v == value]
@@ -346,8 +349,12 @@ class RolloutManager:
             penalty=0.0 if valid else self.cfg.invalid_penalty,
             finish_reason=completion.finish_reason,
             messages=messages,
-            completion_logprobs=completion.logprobs,
-            allowed_ids=allowed_per_token(constraint, list(completion.token_ids)) if constraint else None,
+            sampled=SampledWith(
+                # what _generate sampled at; a greedy reply (0) is scored as backends report it: softmax(logits)
+                temperature=state.episode.temperature if state.episode.temperature > 0 else 1.0,
+                logprobs=completion.logprobs,
+                allowed=allowed_per_token(constraint, list(completion.token_ids)) if constraint else None,
+            ),
         )
         state.episode.turns.append(turn)
         return state.slot, action
@@ -412,13 +419,12 @@ def episode_totals(episodes: list[Episode]) -> dict[str, float]:
 
 
 def success_by_temperature(episodes: list[Episode], scale: float = 1.0) -> dict[str, float]:
-    """rollout/success_T<t> per member temperature ({} when no episode carries one), t named as configured: each
-    episode's temperature divided by `scale` (the iteration's annealing factor, rollout.temperature_end). Every rank
-    holds the same number of episodes at each temperature, so the mean over ranks is the run's rate."""
+    """rollout/success_T<t> per member temperature, t named as configured: each episode's temperature divided by
+    `scale` (the iteration's annealing factor, rollout.temperature_end). Every rank holds the same number of
+    episodes at each temperature, so the mean over ranks is the run's rate."""
     by_temperature: dict[str, list[bool]] = {}
     for e in episodes:
-        if e.temperature is not None:
-            by_temperature.setdefault(f"{e.temperature / scale:g}", []).append(e.won)
+        by_temperature.setdefault(f"{e.temperature / scale:g}", []).append(e.won)
     return {f"rollout/success_T{t}": sum(won) / len(won) for t, won in sorted(by_temperature.items(), key=_by_value)}
 
 

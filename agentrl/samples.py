@@ -28,9 +28,9 @@ def _window_samples(episode: Episode) -> list[Sample]:
             group_id=episode.group_id,
             episode_id=episode.episode_id,
             turn_index=k,
-            allowed=turn.allowed_ids,
-            rollout_logprobs=turn.completion_logprobs,
-            temperature=episode.temperature,
+            allowed=turn.sampled.allowed,
+            rollout_logprobs=turn.sampled.logprobs,
+            temperature=turn.sampled.temperature,
         )
         for k, turn in enumerate(episode.turns)
     ]
@@ -46,9 +46,12 @@ def _full_sample(episode: Episode) -> Sample:
             raise ValueError(f"episode {episode.episode_id}: turn prompts are not prefixes of the conversation")
         mask[start : start + len(turn.completion_ids)] = [1] * len(turn.completion_ids)
     allowed = None
-    if any(t.allowed_ids is not None for t in episode.turns):
-        allowed = [a for t in episode.turns for a in (t.allowed_ids or [None] * len(t.completion_ids))]
-    per_turn = [t.completion_logprobs for t in episode.turns]
+    if any(t.sampled.allowed is not None for t in episode.turns):
+        allowed = [a for t in episode.turns for a in (t.sampled.allowed or [None] * len(t.completion_ids))]
+    per_turn = [t.sampled.logprobs for t in episode.turns]
+    temperatures = {t.sampled.temperature for t in episode.turns}
+    if len(temperatures) != 1:  # one row is scored at one temperature
+        raise ValueError(f"episode {episode.episode_id}: turns sampled at {sorted(temperatures)} in one full sample")
     return Sample(
         ids,
         mask,
@@ -57,7 +60,7 @@ def _full_sample(episode: Episode) -> Sample:
         episode_id=episode.episode_id,
         allowed=allowed,
         rollout_logprobs=None if any(lp is None for lp in per_turn) else [x for lp in per_turn for x in lp or []],
-        temperature=episode.temperature,
+        temperature=temperatures.pop(),
     )
 
 

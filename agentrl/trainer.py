@@ -29,7 +29,7 @@ import torch
 
 from agentrl import distributed
 from agentrl.components import Components, build_components, save
-from agentrl.config import CONFIG_DIR, Config, config_dict, config_yaml, flatten, load_config
+from agentrl.config import CONFIG_DIR, Config, config_dict, config_yaml, field_facts, flatten, load_config
 from agentrl.distributed import say
 from agentrl.errors import ConfigError
 from agentrl.lifecycle import (
@@ -155,9 +155,12 @@ def usage() -> str:
     ]
     for group in sorted(p for p in CONFIG_DIR.iterdir() if p.is_dir() and not p.name.startswith("_")):
         lines.append(f"  {group.name:<11} {', '.join(sorted(f.stem for f in group.glob('*.yaml')))}")
-    lines += ["", "keys and their defaults (agentrl-train KEY=VALUE; --cfg job prints a resolved config):"]
+    lines += ["", "keys, their defaults and what they do (KEY=VALUE; * = may change when a run resumes):"]
+    facts = field_facts()
     for key, value in flatten(config_dict(load_config([]))).items():
-        lines.append(f"  {key} = {value!r}")
+        fact = facts.get(key, {})
+        mark = "*" if fact.get("resume") else " "
+        lines.append(f" {mark}{key} = {value!r}  # {fact.get('help', '')}")
     lines += ["", "docs: README.md (quick start, your own env, runs, evaluation); configs/ holds the YAML options"]
     return "\n".join(lines)
 

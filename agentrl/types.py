@@ -12,9 +12,22 @@ and the mask is 1 exactly on that turn's generated ids.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import MISSING, dataclass, field
 from enum import Enum
 from typing import Any
+
+
+def option(
+    default: Any = MISSING, help: str = "", *, resume: bool = False, factory: Callable[[], Any] | None = None
+) -> Any:
+    """A config field with its facts: `help`, one line for `agentrl-train --help`; `resume`, whether a resumed run
+    may change it (it does not alter what was learned so far or how samples are drawn, or it applies from the next
+    step on). `factory` for mutable defaults (lists, dicts, nested groups)."""
+    meta = {"help": help, "resume": resume}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 class Choice(str, Enum):
@@ -41,6 +54,22 @@ class SampleMode(Choice):
     full = "full"  # one sample per episode, the whole conversation
 
 
+@dataclass(frozen=True, kw_only=True)
+class SampledWith:
+    """How one reply was sampled: the record the rollout fills on every turn and the learner scores each row under.
+
+    temperature: the reply was drawn from softmax(logits / temperature), its log-probs are those of that
+        distribution; a greedy reply records 1 (backends report its log-probs under softmax(logits)).
+    logprobs: the sampler's log-prob of each generated token (π_rollout), or None when the backend reported none.
+    allowed: constrained decoding: the token ids allowed at each generated token (from the candidate replies), or
+        None when generation was free.
+    """
+
+    temperature: float = 1.0
+    logprobs: list[float] | None = None
+    allowed: list[list[int]] | None = None
+
+
 @dataclass(kw_only=True)
 class Turn:
     """One agent turn: the exact prompt ids the policy saw and the exact ids it generated."""
@@ -55,8 +84,7 @@ class Turn:
     penalty: float = 0.0  # the invalid-action penalty charged to this turn (0 when valid)
     finish_reason: str = "stop"  # "stop" | "length"
     messages: list[dict[str, str]] = field(default_factory=list)  # the chat messages rendered into prompt_ids
-    completion_logprobs: list[float] | None = None  # the sampler's, when the backend returns them
-    allowed_ids: list[list[int]] | None = None  # constrained decoding: the tokens allowed at each generated token
+    sampled: SampledWith = field(default_factory=SampledWith)  # how the reply was sampled (filled by the rollout)
 
 
 @dataclass(kw_only=True)
@@ -72,8 +100,8 @@ class Episode:
     won: bool = False
     truncated: bool = False
     truncation_reason: str = ""  # "" | "max_turns" | "env_error: …" | "context"
-    # this member's sampling temperature (rollout.member_temperatures, rollout.temperature_end); None: the run's
-    temperature: float | None = None
+    # the temperature this group member sampled at (its turns' sampled.temperature; rollout/success_T<t>)
+    temperature: float = 1.0
     info: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -108,13 +136,16 @@ class Sample:
     # the sampler's log-prob of each action token (in order) when the generation backend reported them (π_rollout):
     # the learner's mismatch correction and metrics compare them with its own π_old
     rollout_logprobs: list[float] | None = None
-    # the temperature its actions were sampled at when it differs by group member (rollout.member_temperatures): the
-    # learner scores this row at it; None: the learner's (rollout.temperature)
-    temperature: float | None = None
+    # the temperature its actions were sampled at (SampledWith.temperature): the learner scores this row at it
+    temperature: float = 1.0
 
     def __post_init__(self) -> None:
         if len(self.input_ids) != len(self.action_mask):
             raise ValueError(f"input_ids ({len(self.input_ids)}) and action_mask ({len(self.action_mask)}) differ")
+        if not self.temperature > 0:
+            raise ValueError(
+                f"a sample's temperature must be > 0 (a greedy reply cannot be scored), got {self.temperature}"
+            )
         if self.allowed is not None and len(self.allowed) != sum(self.action_mask):
             raise ValueError(f"allowed has {len(self.allowed)} entries for {sum(self.action_mask)} action tokens")
         if self.rollout_logprobs is not None and len(self.rollout_logprobs) != sum(self.action_mask):

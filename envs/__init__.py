@@ -17,9 +17,11 @@ limits are Gymnasium's `TimeLimit` wrapper: the trainer makes every env with `ma
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib
 import importlib.util
 import inspect
+import sys
 from typing import Any
 
 import gymnasium as gym
@@ -82,15 +84,23 @@ def probe_env(env_id: str, kwargs: dict[str, Any]) -> gym.Env:
         raise ConfigError(f"env {env_id} with kwargs {kwargs}: {err}") from None
 
 
-def make_prompt_format(env_id: str, override: str | None = None, **options: Any) -> PromptFormat:
-    """The env's prompt format (override > the env class's metadata > AgentPromptFormat) built with `options`."""
+def make_prompt_format(
+    env_id: str, override: str | None = None, *, import_modules: bool = True, **options: Any
+) -> PromptFormat:
+    """The env's prompt format (override > the env class's metadata > AgentPromptFormat) built with `options`.
+
+    `override` is "module:Name" naming a prompt-format class (one with render and parse; never any other callable).
+    `import_modules=False` is for a config read from disk (a run directory someone shared): then a module outside
+    agentrl is used only when it is already imported (the user named it on their own command line, e.g.
+    `agentrl-eval --imports`), so loading a run never imports or calls code the user did not ask for."""
     source = override or getattr(env_class(env_id), "metadata", {}).get("prompt_format") or AgentPromptFormat
-    if isinstance(source, str):
-        module, _, name = source.partition(":")
-        try:
-            source = getattr(importlib.import_module(module), name)
-        except (ImportError, AttributeError) as err:
-            raise ConfigError(f"prompt format {source!r} cannot be loaded ({err}); write it as 'module:Name'") from None
+    if isinstance(source, str):  # an env class's own metadata is registered code: its module may always load
+        source = _format_class(source, import_modules or override is None)
+    if not _is_format_class(source):
+        raise ConfigError(
+            f"prompt format {override or source!r} is not a prompt-format class (a class with render() and parse(), "
+            "e.g. agentrl.envs.prompting:TersePromptFormat); write it as 'module:ClassName'"
+        )
     name = getattr(source, "__name__", str(source))
     try:
         takes = [p for p in inspect.signature(source).parameters if p not in ("self", "args", "kwargs")]
@@ -111,6 +121,32 @@ def make_prompt_format(env_id: str, override: str | None = None, **options: Any)
         return source(**options)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"env.prompt options {options} do not fit {name}: {err}") from None
+
+
+def _is_format_class(source: Any) -> bool:
+    """A prompt-format class (render and parse), or a functools.partial of one (an env's metadata may preset its
+    options); never any other callable."""
+    target = source.func if isinstance(source, functools.partial) else source
+    return isinstance(target, type) and issubclass(target, PromptFormat)
+
+
+def _format_class(spec: str, import_modules: bool) -> Any:
+    """The object "module:Name" names. Modules of agentrl itself always load; another module only when
+    `import_modules` or when it is already imported (ConfigError otherwise, saying how to allow it)."""
+    module, _, name = spec.partition(":")
+    if not module or not name:
+        raise ConfigError(f"prompt format {spec!r}: write it as 'module:ClassName'")
+    own = module == "agentrl" or module.startswith("agentrl.")
+    if not (own or import_modules or module in sys.modules):
+        raise ConfigError(
+            f"prompt format {spec!r}: a run's config names module {module!r}, and agentrl does not import modules "
+            f"named by a run directory (it may come from someone else). If you trust it, name it yourself: "
+            f"--imports {module}"
+        )
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as err:
+        raise ConfigError(f"prompt format {spec!r} cannot be loaded ({err}); write it as 'module:ClassName'") from None
 
 
 gym.register("agentrl/CueBandit-v0", entry_point="agentrl.envs.cue_bandit:CueBanditEnv", max_episode_steps=50)

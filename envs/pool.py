@@ -29,6 +29,8 @@ from typing import Any
 
 import gymnasium as gym
 
+from agentrl.envs import make_env
+
 EnvFactory = Callable[[], gym.Env]
 
 
@@ -50,8 +52,6 @@ class StepResult:
 
 def env_factory(env_id: str, **kwargs: Any) -> EnvFactory:
     """A picklable factory for a registered env id."""
-    from agentrl.envs import make_env
-
     return functools.partial(make_env, env_id, **kwargs)
 
 

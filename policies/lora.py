@@ -16,11 +16,13 @@ import importlib.util
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from agentrl.types import option
 
 ADAPTER_FILE = "adapter.safetensors"
 SPEC_FILE = "lora.json"
@@ -32,13 +34,12 @@ DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj
 class LoraSpec:
     """`model.lora`: rank 0 is full fine-tuning; rank > 0 trains only adapters of that rank."""
 
-    rank: int = 0
-    alpha: float = 32.0  # the adapter's output is scaled by alpha / rank
-    dropout: float = 0.0  # > 0 makes the learner's log-probs noisy (dropout is active in training forwards)
-    target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
-    # decoder layers that get adapters (PEFT's layers_to_transform; negative counts from the top); empty: all. Only
-    # top layers: backward stops below the lowest adapted layer (much cheaper updates on CPUs)
-    layers: list[int] = field(default_factory=list)
+    rank: int = option(0, "0: full fine-tuning; > 0: train adapters of this rank only")
+    alpha: float = option(32.0, "the adapter's output is scaled by alpha / rank")
+    dropout: float = option(0.0, "adapter dropout (> 0 makes the learner's log-probs noisy)")
+    target_modules: list[str] = option(help="Linear layers that get adapters", factory=lambda: list(DEFAULT_TARGETS))
+    # PEFT's layers_to_transform. Only top layers: backward stops below the lowest adapted layer (cheaper on CPUs)
+    layers: list[int] = option(help="decoder layers that get adapters (negative: from the top); []: all", factory=list)
 
     @property
     def enabled(self) -> bool:

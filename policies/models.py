@@ -14,7 +14,7 @@ import argparse
 import importlib.util
 import os
 import warnings
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ import torch
 from agentrl.errors import ConfigError
 from agentrl.policies.lora import LoraSpec, apply_lora, check_lora_spec, load_adapter, read_adapter_folder
 from agentrl.policies.vllm import VllmSpec, vllm_missing
-from agentrl.types import Choice, Precision
+from agentrl.types import Choice, Precision, option
 
 SMOLLM2_NAME = "smollm2-135m-instruct"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -47,15 +47,15 @@ class Backend(Choice):
 class ModelSpec:
     """The `model` config group."""
 
-    name: str = "tiny-qwen2"
-    dtype: Precision = Precision.fp32  # compute precision (bf16: autocast over fp32 master weights)
-    device: str = "cpu"  # cpu | cuda | cuda:N | auto
-    hidden_size: int = 64  # tiny models only
-    num_layers: int = 2  # tiny models only
-    seed: int = 0  # tiny models only: init seed
-    lora: LoraSpec = field(default_factory=LoraSpec)  # rank > 0: train LoRA adapters only (policies/lora.py)
-    backend: Backend = Backend.hf  # generation: hf (transformers) | vllm (policies/vllm.py)
-    vllm: VllmSpec = field(default_factory=VllmSpec)  # engine settings for backend=vllm
+    name: str = option("tiny-qwen2", "a folder, a hub id, smollm2-135m-instruct, tiny-qwen2 or tiny-llama")
+    dtype: Precision = option(Precision.fp32, "compute: fp32 | bf16 (autocast over fp32 master weights) | auto")
+    device: str = option("cpu", "cpu | cuda | cuda:N | auto", resume=True)
+    hidden_size: int = option(64, "tiny models only: width")
+    num_layers: int = option(2, "tiny models only: decoder layers")
+    seed: int = option(0, "tiny models only: init seed")
+    lora: LoraSpec = option(help="rank > 0: train LoRA adapters only (policies/lora.py)", factory=LoraSpec)
+    backend: Backend = option(Backend.hf, "generation: hf (transformers) | vllm (policies/vllm.py)", resume=True)
+    vllm: VllmSpec = option(help="engine settings for model.backend=vllm", factory=VllmSpec)
 
 
 def model_spec_from_dict(data: dict[str, Any]) -> ModelSpec:

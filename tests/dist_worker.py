@@ -23,9 +23,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agentrl import distributed
-from agentrl.learner import Learner, LearnerConfig, shard
+from agentrl.learner import Learner, LearnerConfig
 from agentrl.policies.lora import LoraSpec
 from agentrl.policies.models import ModelSpec, load_model
+from agentrl.scoring import shard
 from agentrl.types import Sample
 
 

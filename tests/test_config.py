@@ -223,3 +223,53 @@ def test_agentrl_eval_checks_every_argument_and_the_out_folder_before_loading(tm
         "not a writable location",
     ):
         assert expected in err, (expected, err)
+
+
+def _other(value):
+    """A value different from `value` (the flattened config compares leaves)."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value + 1
+    if isinstance(value, list):
+        return [*value, "x"]
+    if isinstance(value, dict):
+        return {**value, "x": 1}
+    return f"{value}-x"
+
+
+def test_every_key_has_help_and_resume_refusals_follow_each_fields_metadata():
+    """Which keys may change on resume is the `resume` fact on each dataclass field (agentrl.types.option): changing
+    any key is refused exactly when its field says so, and every key has one line of help for --help."""
+    import copy
+
+    from agentrl.config import config_dict, field_facts, flatten, resume_changes
+
+    cfg = load_config(["experiment=cuebandit", "algo.p_schedule_steps=5"])  # trainer.iterations no longer re-times p
+    saved = config_dict(cfg)
+    facts = field_facts()
+    assert set(facts) == set(flatten(saved)) - {
+        k for k in flatten(saved) if k.startswith(("env.kwargs.", "algo.loss_kwargs."))
+    }
+    for key, fact in facts.items():
+        assert fact["help"] and "\n" not in fact["help"], key
+        changed = copy.deepcopy(saved)
+        *parents, leaf = key.split(".")
+        node = changed
+        for name in parents:
+            node = node[name]
+        node[leaf] = _other(node[leaf])
+        refused, applied = resume_changes(changed, cfg)
+        lines = applied if fact["resume"] else refused
+        assert any(line.startswith(key) for line in lines), (key, refused, applied)
+        assert not any(line.startswith(key) for line in (refused if fact["resume"] else applied)), key
+    assert facts["trainer.seed"]["resume"] is False and facts["learner.lr"]["resume"] is True
+
+
+def test_help_gives_every_key_its_default_and_help(capsys):
+    from agentrl.config import field_facts
+
+    trainer_module.main(["--help"])
+    out = capsys.readouterr().out
+    for key, fact in field_facts().items():
+        assert f"{key} = " in out and fact["help"] in out, key

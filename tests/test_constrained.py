@@ -33,12 +33,12 @@ def test_constrained_samples_are_candidates_and_their_log_probs_are_the_learners
     outs = policy.generate(prompts, sampling, [cands] * 12)
     assert all(o.token_ids in cands and o.text in replies for o in outs)
     assert len({o.text for o in outs}) > 1  # it samples, among the candidates
-    learner = Learner(model, LearnerConfig(), AlgoConfig(), temperature=0.8)
+    learner = Learner(model, LearnerConfig(), AlgoConfig())
     for prompt, out in zip(prompts, outs):
         ids = prompt + out.token_ids
         mask = [0] * len(prompt) + [1] * len(out.token_ids)
-        restricted = Sample(ids, mask, allowed=allowed_per_token(cands, out.token_ids))
-        free = Sample(ids, mask)
+        restricted = Sample(ids, mask, allowed=allowed_per_token(cands, out.token_ids), temperature=0.8)
+        free = Sample(ids, mask, temperature=0.8)
         lp_restricted, lp_free = learner.log_probs(model, [restricted, free])
         assert torch.allclose(lp_restricted[len(prompt) :], torch.tensor(out.logprobs), atol=1e-5)
         assert (lp_restricted[len(prompt) :] >= lp_free[len(prompt) :] - 1e-6).all()  # renormalised: never lower
@@ -73,14 +73,15 @@ def test_skipping_forced_tokens_is_token_by_token_decoding_in_fewer_calls():
         assert torch.allclose(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-5)
     assert fast_calls < len(calls) and fast_calls < max(len(o.token_ids) for o in fast)
     policy.skip_forced = True
-    learner = Learner(model, LearnerConfig(), AlgoConfig(), temperature=1.5)
+    learner = Learner(model, LearnerConfig(), AlgoConfig())
     for top_p in (1.0, 0.7):
         sampling = SamplingParams(temperature=1.5, top_p=top_p, max_new_tokens=32, seed=1, logprobs=True)
         outs = policy.generate(prompts * 4, sampling, [cands] * len(prompts) * 4)
         assert all(o.token_ids in cands for o in outs) and len({o.text for o in outs}) > 1
         for prompt, out in zip(prompts * 4, outs):
             mask = [0] * len(prompt) + [1] * len(out.token_ids)
-            sample = Sample(prompt + out.token_ids, mask, allowed=allowed_per_token(cands, out.token_ids))
+            allowed = allowed_per_token(cands, out.token_ids)
+            sample = Sample(prompt + out.token_ids, mask, allowed=allowed, temperature=1.5)
             (lp,) = learner.log_probs(model, [sample])
             if top_p == 1.0:
                 assert torch.allclose(lp[len(prompt) :], torch.tensor(out.logprobs), atol=1e-5)
@@ -92,7 +93,7 @@ def test_the_learner_trains_on_the_restricted_distribution():
     model, tok = make_tiny()
     cands = _candidates(tok, ["north", "south"])
     prompt = tok("Which way?", add_special_tokens=False)["input_ids"]
-    learner = Learner(model, LearnerConfig(lr=1e-2, mini_batches=1, entropy_coef=0.01), AlgoConfig(), temperature=1.0)
+    learner = Learner(model, LearnerConfig(lr=1e-2, mini_batches=1, entropy_coef=0.01), AlgoConfig())
     samples = []
     for k, c in enumerate(cands * 4):
         allowed = allowed_per_token(cands, c)
@@ -132,3 +133,41 @@ def test_constrained_decoding_needs_a_format_that_can_spell_the_reply():
         validate_config(load_config(["env=textworld", "rollout.constrained_actions=true"]), resources=False)
     with pytest.raises(ConfigError, match="AnswerPromptFormat has no constrained_reply"):
         validate_config(load_config(["env=math", "rollout.constrained_actions=true"]), resources=False)
+
+
+def test_aggregating_over_chosen_tokens_leaves_forced_ones_out_and_is_a_no_op_without_constraints():
+    """algo.aggregate_over=chosen: the learner marks the action tokens that had one allowed token (forced) and the
+    sequence-level loss aggregates over the others; with no constrained row the update is identical to
+    aggregate_over=generated (weights and metrics)."""
+    import copy
+
+    from agentrl.algo import AggregateOver
+    from agentrl.scoring import collate, forced_positions
+
+    model, tok = make_tiny()
+    cands = _candidates(tok, ["go to desk 1", "go to bed 2", "look"])
+    prompt = tok("You are in a room.", add_special_tokens=False)["input_ids"]
+    rows = []
+    for k, c in enumerate(cands * 2):
+        allowed = allowed_per_token(cands, c)
+        mask = [0] * len(prompt) + [1] * len(c)
+        rows.append(Sample(prompt + c, mask, advantage=1.0 if k % 2 else -1.0, allowed=allowed))
+    batch = collate(rows, range(len(rows)), torch.device("cpu"))
+    forced = forced_positions(batch)
+    for r, c in enumerate(cands * 2):
+        expected = [len(a) == 1 for a in allowed_per_token(cands, c)]
+        assert forced[r, len(prompt) : len(prompt) + len(c)].tolist() == expected
+        assert not forced[r, : len(prompt)].any() and not forced[r, len(prompt) + len(c) :].any()
+    assert forced.any() and not forced.all()
+
+    def update(samples, over):
+        m = copy.deepcopy(model)
+        learner = Learner(m, LearnerConfig(lr=1e-2, mini_batches=2, epochs=2), AlgoConfig(aggregate_over=over))
+        metrics = learner.update(samples, p=-1.0)
+        return metrics, [prm.detach().clone() for prm in m.parameters()]
+
+    free = [Sample(s.input_ids, s.action_mask, advantage=s.advantage) for s in rows]
+    (m0, w0), (m1, w1) = update(free, AggregateOver.generated), update(free, AggregateOver.chosen)
+    assert m0 == m1 and all(torch.equal(a, b) for a, b in zip(w0, w1))
+    (c0, _), (c1, _) = update(rows, AggregateOver.generated), update(rows, AggregateOver.chosen)
+    assert c0["train/loss"] != c1["train/loss"]  # constrained rows: the forced tokens no longer count

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from agentrl.algo import AlgoConfig
-from agentrl.learner import Learner, LearnerConfig, collate, length_grouped, token_log_probs
+from agentrl.learner import Learner, LearnerConfig
+from agentrl.scoring import collate, length_grouped, token_log_probs
 from tests.conftest import make_tiny, random_samples
 
 
@@ -244,7 +245,7 @@ def test_temperature_compensation_scales_each_rows_advantage_by_its_sampling_tem
         assert torch.allclose(grad, expected.detach())
     model, tok = make_tiny()
     samples = random_samples(6, len(tok), seed=6)
-    temperatures = [4.0, None, 0.5, 10.0, None, 2.0]
+    temperatures = [4.0, 3.0, 0.5, 10.0, 3.0, 2.0]
     for s, t in zip(samples, temperatures):
         s.temperature = t
 
@@ -253,14 +254,14 @@ def test_temperature_compensation_scales_each_rows_advantage_by_its_sampling_tem
         rows = copy.deepcopy(samples)
         for s, k in zip(rows, scale):
             s.advantage *= k
-        learner = Learner(m, LearnerConfig(temperature_compensation=compensate), temperature=3.0)
+        learner = Learner(m, LearnerConfig(temperature_compensation=compensate))
         old = learner.log_probs(m, rows)
         noise = torch.Generator().manual_seed(0)
         old = [o + 0.05 * torch.randn(o.shape, generator=noise) for o in old]  # off-policy: the clip acts
         learner.accumulate_gradients(rows, list(range(len(rows))), old, None, p=0.5)
         return [prm.grad.clone() for prm in m.parameters()]
 
-    by_hand = [3.0 if t is None else t for t in temperatures]
+    by_hand = temperatures
     compensated, manual = grads(True, [1.0] * 6), grads(False, by_hand)
     plain = grads(False, [1.0] * 6)
     for a, b in zip(compensated, manual):

@@ -11,12 +11,13 @@ import torch
 from agentrl.algo import AlgoConfig
 from agentrl.config import load_config, validate_config
 from agentrl.errors import ConfigError
-from agentrl.learner import Learner, LearnerConfig, collate, token_log_probs
+from agentrl.learner import Learner, LearnerConfig
 from agentrl.policies.base import SamplingParams
 from agentrl.policies.hf import HFPolicy
 from agentrl.policies.lora import LoraSpec, adapter_state
 from agentrl.policies.merge import export_merged
 from agentrl.policies.models import ModelSpec, load_model
+from agentrl.scoring import collate, token_log_probs
 from tests.conftest import random_samples
 
 LORA = LoraSpec(rank=4, alpha=8.0)

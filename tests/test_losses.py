@@ -224,3 +224,59 @@ def test_a_loss_rejects_options_it_does_not_take(name):
 def test_unknown_loss_suggests_close_match():
     with pytest.raises(ConfigError, match="did you mean 'holder_seq'"):
         get_policy_loss("holder_sequence")
+
+
+SEQUENCE_LOSSES = ["holder_seq", "holder_token", "gspo", "gmpo"]
+
+
+@pytest.mark.parametrize("name", SEQUENCE_LOSSES)
+@pytest.mark.parametrize("p", [1.0, 0.0, -1.0])
+def test_forced_tokens_change_neither_loss_nor_gradient_when_aggregating_over_chosen_tokens(name, p):
+    """algo.aggregate_over=chosen: a forced token (one allowed continuation: log-prob 0 under π_θ and π_old, no
+    gradient) inserted anywhere into a reply, any number of times, changes neither the sequence-level loss nor the
+    gradient of the chosen tokens' log-probs. Aggregating over every generated token instead, it does (the dilution
+    the option removes: the mean is pulled toward ratio 1 and the clip binds later)."""
+    fn = get_policy_loss(name)
+    takes_p = "p" in inspect.signature(fn).parameters
+    gen = torch.Generator().manual_seed(7)
+    chosen_new = (torch.randn(3, 4, generator=gen) * 0.4 - 1.0).requires_grad_(True)  # [B, k] chosen log-probs
+    chosen_old = torch.randn(3, 4, generator=gen) * 0.4 - 1.0
+    adv = torch.tensor([1.0, -1.0, 0.5])
+    options = {"num_seqs": 3, "clip_low": 0.2, "clip_high": 0.2, **({"p": p} if takes_p else {})}
+
+    def run(forced_at: list[int], aggregate: bool) -> tuple[float, torch.Tensor]:
+        cols_new, cols_old, chosen = [], [], []
+        k = 0
+        for col in range(4 + len(forced_at)):
+            if col in forced_at:  # a forced token: log-prob exactly 0 on both sides, no gradient
+                cols_new.append(torch.zeros(3))
+                cols_old.append(torch.zeros(3))
+                chosen.append(0)
+            else:
+                cols_new.append(chosen_new[:, k])
+                cols_old.append(chosen_old[:, k])
+                chosen.append(1)
+                k += 1
+        new, old = torch.stack(cols_new, -1), torch.stack(cols_old, -1)  # [B, T]
+        mask = torch.ones_like(new)
+        agg = torch.tensor(chosen, dtype=torch.float32).expand_as(new) if aggregate else None
+        loss, _ = fn(new, old, adv, mask, aggregate_mask=agg, **options)
+        (grad,) = torch.autograd.grad(loss, chosen_new)
+        return float(loss.detach()), grad
+
+    plain_loss, plain_grad = run([], aggregate=True)
+    for forced_at in ([0], [1, 2], [0, 3, 5, 6, 7]):
+        loss, grad = run(forced_at, aggregate=True)
+        assert loss == pytest.approx(plain_loss, rel=1e-6, abs=1e-7) and torch.allclose(grad, plain_grad, atol=1e-6)
+    diluted_loss, diluted_grad = run([0, 3, 5, 6, 7], aggregate=False)
+    assert diluted_loss != pytest.approx(plain_loss, rel=1e-4) or not torch.allclose(
+        diluted_grad, plain_grad, atol=1e-4
+    )
+
+
+def test_token_level_losses_take_no_aggregate_mask():
+    """GRPO's token-level clip is unaffected by forced tokens: it declares no aggregate_mask, so the learner never
+    passes one (algo.aggregate_over changes only the sequence-level losses)."""
+    for name, fn in POLICY_LOSSES.items():
+        declared = "aggregate_mask" in inspect.signature(fn).parameters
+        assert declared == (name in SEQUENCE_LOSSES), name

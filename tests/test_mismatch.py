@@ -16,7 +16,7 @@ from agentrl.losses import POLICY_LOSSES
 from agentrl.losses.mismatch import Correction, MismatchConfig, mismatch_weights
 from agentrl.policies.models import ModelSpec, load_model
 from agentrl.samples import build_samples
-from agentrl.types import Episode, Sample, Turn
+from agentrl.types import Episode, Sample, SampledWith, Turn
 
 
 def test_tis_weights_truncate_and_metrics_measure_the_gap():
@@ -111,7 +111,7 @@ def test_window_and_full_samples_carry_the_sampler_log_probs():
             action="a",
             valid=True,
             observation="",
-            completion_logprobs=[-0.1, -0.2],
+            sampled=SampledWith(logprobs=[-0.1, -0.2]),
         ),
         Turn(
             prompt_ids=[1, 2, 3, 4, 5],
@@ -120,7 +120,7 @@ def test_window_and_full_samples_carry_the_sampler_log_probs():
             action="b",
             valid=True,
             observation="",
-            completion_logprobs=[-0.3],
+            sampled=SampledWith(logprobs=[-0.3]),
         ),
     ]
     episode = Episode(episode_id=0, group_id="g", task="", task_type="", instance="", turns=turns)
@@ -128,7 +128,7 @@ def test_window_and_full_samples_carry_the_sampler_log_probs():
     assert [s.rollout_logprobs for s in window] == [[-0.1, -0.2], [-0.3]]
     (full,) = build_samples([episode], "full")
     assert full.rollout_logprobs == [-0.1, -0.2, -0.3]
-    turns[1].completion_logprobs = None  # one turn without: the sample has none (weight 1, not measured)
+    turns[1].sampled = SampledWith()  # one turn without: the sample has none (weight 1, not measured)
     assert build_samples([episode], "full")[0].rollout_logprobs is None
 
 

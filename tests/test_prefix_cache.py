@@ -54,7 +54,7 @@ def test_an_update_with_the_cache_equals_one_without_and_skips_the_frozen_layers
         cfg = LearnerConfig(
             lr=1e-2, mini_batches=3, epochs=3, micro_batch_tokens=120, kl_coef=kl, frozen_prefix_cache=cache
         )
-        learner = Learner(m, cfg, AlgoConfig(loss=loss), temperature=1.0, ref_model="base" if kl else None)
+        learner = Learner(m, cfg, AlgoConfig(loss=loss), ref_model="base" if kl else None)
         metrics = learner.update(samples, p=0.5)
         results[cache] = (metrics, [p.detach().clone() for p in learner.params], dict(calls))
         assert not learner._prefix or not learner._prefix.states  # emptied after the update

@@ -40,7 +40,7 @@ def test_quickstart_learns_on_unseen_games(tmp_path):
     the model's own before-evaluation must hold too. A run in which the learner did nothing ends where it began
     (4.2%): the learner's effect is what is tested. Seed 0 of the committed setting (`make quickstart`) ended at 66.7%
     and is what this test runs (deterministic on the CI machine); seeds 1 and 2 of the same setting reached 91.7% and
-    100% at iteration 8 but ended at 0.0% and 33.3% (README "Quickstart", docs/cpu_alfworld.md), so this test checks
+    100% at iteration 8 but ended at 0.0% and 33.3% (README "What is measured", docs/cpu_alfworld.md), so this test checks
     the committed run, not the setting's reliability across seeds."""
     import generate_alfworld
 

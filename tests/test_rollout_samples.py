@@ -140,7 +140,7 @@ def test_learner_log_probs_equal_generation_log_probs(mode):
     for s, lp in zip(samples, logprobs):
         ep = by_episode[s.episode_id]
         turns = [ep.turns[s.turn_index]] if mode == "window" else ep.turns
-        expected = torch.tensor([x for t in turns for x in t.completion_logprobs])
+        expected = torch.tensor([x for t in turns for x in t.sampled.logprobs])
         got = lp[torch.tensor(s.action_mask, dtype=torch.bool)]
         assert torch.allclose(got, expected, atol=1e-4), (got - expected).abs().max()
 
@@ -244,17 +244,19 @@ def test_member_temperatures_sample_each_member_at_its_own_and_the_learner_score
     evaluation = RolloutManager(pool, HFPolicy(model, tok), tok, fmt, cfg, evaluation=True).run([Task(0, 0, "e")])
     pool.close()
     assert [e.temperature for e in episodes] == [0.5, 3.0, 0.5, 3.0] * 2
-    assert all(e.temperature is None for e in evaluation)  # evaluation samples at eval_temperature only
+    # evaluation samples at eval_temperature only, and every turn records it
+    assert all(e.temperature == t.sampled.temperature == cfg.eval_temperature > 0 for e in evaluation for t in e.turns)
     episodes[0].won, episodes[1].won = True, False
     rates = success_by_temperature(episodes)
     assert rates == {
         "rollout/success_T0.5": sum(e.won for e in episodes[::2]) / 4,
         "rollout/success_T3": 0.0 + sum(e.won for e in episodes[1::2]) / 4,
     }
-    assert rates["rollout/success_T0.5"] >= 0.25 and success_by_temperature(evaluation) == {}
+    assert rates["rollout/success_T0.5"] >= 0.25
+    assert all(t.sampled.temperature == e.temperature for e in episodes for t in e.turns)
     samples = build_samples(episodes, mode=mode)
     assert {s.temperature for s in samples} == {0.5, 3.0}
-    learner = Learner(model, LearnerConfig(micro_batch_tokens=256), temperature=1.0)
+    learner = Learner(model, LearnerConfig(micro_batch_tokens=256))
     logprobs = learner.log_probs(model, samples)  # micro-batches mix rows of both temperatures
     for s, lp in zip(samples, logprobs):
         got = lp[torch.tensor(s.action_mask, dtype=torch.bool)]
@@ -263,9 +265,9 @@ def test_member_temperatures_sample_each_member_at_its_own_and_the_learner_score
             got,
             s.rollout_logprobs,
         )
-    # and the temperatures matter here: scored at the learner's 1.0 instead, the log-probs are far off
+    # and the temperatures matter here: scored at 1.0 instead, the log-probs are far off
     for s in samples:
-        s.temperature = None
+        s.temperature = 1.0
     gaps = [
         (lp - torch.tensor(s.rollout_logprobs)).abs().mean()
         for s, lp in zip(samples, learner.log_probs(model, samples))
@@ -288,7 +290,7 @@ def test_training_temperatures_anneal_geometrically_from_temperature_to_temperat
     members = RolloutConfig(temperature=10.0, temperature_end=5.0, group_size=2, member_temperatures=[10.0, 2.0])
     assert members.training_temperatures(1, 2) == [5.0, 1.0]  # every member scaled by the same factor
     assert RolloutConfig(member_temperatures=[3.0]).training_temperatures(5, 9) == [3.0]  # no annealing
-    assert RolloutConfig().training_temperatures(5, 9) == []  # nothing set: episodes carry no temperature
+    assert RolloutConfig().training_temperatures(5, 9) == []  # nothing set: every member at rollout.temperature
     for bad in (0.0, -1.0, float("inf")):
         problems = RolloutConfig(temperature_end=bad).validate()
         assert len(problems) == 1 and "rollout.temperature_end" in problems[0], problems
@@ -310,7 +312,7 @@ def test_annealed_temperatures_reach_the_episodes_and_metrics_name_the_configure
     evaluated = evaluation.run([Task(0, 0, "e")], temperatures=annealed)
     pool.close()
     assert [e.temperature for e in episodes] == [0.25, 1.5]
-    assert all(e.temperature is None for e in evaluated)
+    assert all(e.temperature == cfg.eval_temperature for e in evaluated)  # annealing is for training only
     episodes[0].won, episodes[1].won = True, False
     assert temperature_metrics(cfg, annealed, episodes) == {
         "rollout/temperature": 0.25,

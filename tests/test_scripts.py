@@ -1,4 +1,4 @@
-"""The README's custom-env example, the evaluation CLI, and the plot script."""
+"""The custom-env example of docs/environments.md (linked from the README), the evaluation CLI, the plot script."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_readme_custom_env_example_runs(tmp_path, monkeypatch):
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "environments.md").read_text()
     code = re.search(r"```python\n(# my_env\.py\n.*?)```", readme, re.DOTALL).group(1)
     (tmp_path / "my_env.py").write_text(code)
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -38,7 +38,8 @@ def test_readme_custom_env_example_runs(tmp_path, monkeypatch):
         assert result["after"]["iteration"] == 2 and (run / "config.yaml").exists()
         runs.append(run)
     out = tmp_path / "eval"  # ... evaluate the checkpoint under the prompt it was trained with ...
-    eval_cli.main(["--run", str(runs[0]), "--instances", "3", "--workers", "0", "--out", str(out), "--no-progress"])
+    args = ["--run", str(runs[0]), "--imports", "my_env", "--instances", "3", "--workers", "0", "--out", str(out)]
+    eval_cli.main([*args, "--no-progress"])  # a run's env.imports load only when named again
     report = json.loads((out / "eval.json").read_text())
     assert report["env"] == "myorg/Guess-v0" and report["prompt_options"] == {"reasoning": False}
     assert report["prompt_format"].endswith(":AgentPromptFormat") and report["model"].endswith("iter-000002/model")

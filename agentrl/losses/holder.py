@@ -98,6 +98,7 @@ def holder_seq(
     clip_high: float = 0.2,
     num_seqs: int | None = None,
     is_weight: torch.Tensor | None = None,
+    aggregate_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """HölderPO with a sequence-level clip (the paper's main variant).
 
@@ -106,7 +107,10 @@ def holder_seq(
     `num_seqs` is the number of sequences the mean divides by (the whole mini-batch, so that gradient accumulation
     over micro-batches equals one big batch); default: this call's batch size. `is_weight` [B, T]: the detached
     rollout-mismatch correction (losses/mismatch.py); each sequence's term is scaled by its tokens' mean weight.
+    `aggregate_mask` [B, T]: the positions the sequence's mean and clip run over (default: `mask`); under constrained
+    decoding the learner passes the chosen tokens (≥ 2 allowed), so forced tokens do not dilute them.
     """
+    mask = mask if aggregate_mask is None else aggregate_mask
     delta = log_prob.float() - old_log_prob.float()  # [B, T]
     log_rho = holder_log_mean(delta, mask, p)  # [B]
     loss, clipped, was_clipped = _sequence_objective(
@@ -128,11 +132,13 @@ def holder_token(
     clip_high: float = 0.2,
     num_seqs: int | None = None,
     is_weight: torch.Tensor | None = None,
+    aggregate_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """HölderPO with a token-level clip: clip each Δ_t (advantage-signed), then ρ = Hölder mean, L_i = −Â_i ρ.
 
-    Equals GRPO's token clip (seq-mean-token-mean) at p = 1 and GMPO at p = 0.
+    Equals GRPO's token clip (seq-mean-token-mean) at p = 1 and GMPO at p = 0. `aggregate_mask`: as holder_seq's.
     """
+    mask = mask if aggregate_mask is None else aggregate_mask
     delta = log_prob.float() - old_log_prob.float()  # [B, T]
     adv = advantages.float()
     clipped_delta = signed_clip_log(delta, adv[:, None], ClipRange(clip_low, clip_high))  # [B, T]
@@ -156,9 +162,16 @@ def gspo(
     clip_high: float = 0.2,
     num_seqs: int | None = None,
     is_weight: torch.Tensor | None = None,
+    aggregate_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """GSPO: sequence ratio exp(mean Δ) with a sequence-level clip (= holder_seq at p = 0). Takes no p."""
-    options = {"clip_low": clip_low, "clip_high": clip_high, "num_seqs": num_seqs, "is_weight": is_weight}
+    options = {
+        "clip_low": clip_low,
+        "clip_high": clip_high,
+        "num_seqs": num_seqs,
+        "is_weight": is_weight,
+        "aggregate_mask": aggregate_mask,
+    }
     return holder_seq(log_prob, old_log_prob, advantages, mask, p=0.0, **options)
 
 
@@ -172,7 +185,14 @@ def gmpo(
     clip_high: float = 0.2,
     num_seqs: int | None = None,
     is_weight: torch.Tensor | None = None,
+    aggregate_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """GMPO: geometric mean of token-clipped ratios (= holder_token at p = 0). Takes no p."""
-    options = {"clip_low": clip_low, "clip_high": clip_high, "num_seqs": num_seqs, "is_weight": is_weight}
+    options = {
+        "clip_low": clip_low,
+        "clip_high": clip_high,
+        "num_seqs": num_seqs,
+        "is_weight": is_weight,
+        "aggregate_mask": aggregate_mask,
+    }
     return holder_token(log_prob, old_log_prob, advantages, mask, p=0.0, **options)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from agentrl.types import Choice
+from agentrl.types import Choice, option
 
 
 class Correction(Choice):
@@ -37,8 +37,8 @@ class Correction(Choice):
 class MismatchConfig:
     """`learner.mismatch`: correcting for the sampler's log-probs differing from the learner's."""
 
-    correction: Correction = Correction.auto
-    cap: float = 2.0  # C: the tis truncation, and the seq_mask band [1/C, C]
+    correction: Correction = option(Correction.auto, "auto (off for transformers, tis for vLLM) | off | tis | seq_mask")
+    cap: float = option(2.0, "C: the tis truncation, and the seq_mask band [1/C, C]")
 
     def resolve(self, sampler_matches_learner: bool) -> Correction:
         """The correction to apply: `auto` is off when the sampler scores exactly as the learner does (the backend
