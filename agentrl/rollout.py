@@ -192,6 +192,10 @@ class RolloutManager:
         if problems:
             raise ValueError("invalid rollout config: " + "; ".join(problems))
         self.pool, self.policy, self.format, self.cfg = pool, policy, prompt_format, cfg
+        # the format's constrained-reply capability, checked once above (None: free generation)
+        self.replies: ConstrainedReplies | None = None
+        if cfg.constrained_actions and isinstance(prompt_format, ConstrainedReplies):
+            self.replies = prompt_format
         self.max_turns = cfg.eval_max_turns if evaluation else cfg.max_turns
         self.sampling = cfg.sampling(seed, evaluation=evaluation, logprobs=logprobs)
         self.evaluation = evaluation
@@ -320,10 +324,9 @@ class RolloutManager:
         """With rollout.constrained_actions: the token ids of every reply naming an admissible action, each closed
         by the end-of-turn token; None when the env lists no admissible actions (free generation)."""
         admissible = state.info.get("admissible_actions")
-        if not self.cfg.constrained_actions or not admissible:
+        if self.replies is None or not admissible:
             return None
-        assert isinstance(self.format, ConstrainedReplies)  # checked in __init__
-        replies = dict.fromkeys(self.format.constrained_reply(a) for a in admissible)
+        replies = dict.fromkeys(self.replies.constrained_reply(a) for a in admissible)
         return [self.chat.encode_plain(r) + [self.chat.eos_id] for r in replies]
 
     def _record(
