@@ -1,5 +1,5 @@
 """A run's lifecycle around the training loop: process group, run directory and its lock, which checkpoint to
-resume, Ctrl-C, and the stop when weights diverge.
+resume, Ctrl-C and SIGTERM, and the stop when weights diverge.
 
     with session(cfg) as (run_dir, candidates):      # torchrun's group, run_dir named, checked, locked, prepared
         c = build_components(cfg)
@@ -84,13 +84,15 @@ def _run_dir(cfg: Config, place: distributed.Dist) -> Iterator[tuple[Path, Candi
             with _ctrl_c_remembered():
                 yield run_dir, candidates
         except KeyboardInterrupt:
+            signum = _STOPPED_BY[0]
             if place.main:
+                how = "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted"
                 print(
-                    f"\ninterrupted; the newest checkpoint in {run_dir} is kept. Continue with: agentrl-train "
+                    f"\n{how}; the newest checkpoint in {run_dir} is kept. Continue with: agentrl-train "
                     f"<same overrides> trainer.run_dir={run_dir} trainer.resume=auto",
                     file=sys.stderr,
                 )
-            raise SystemExit(130) from None
+            raise SystemExit(128 + signum) from None
 
 
 def _prepare(cfg: Config, run_dir: Path) -> Candidates | ConfigError:
@@ -177,11 +179,14 @@ def check_finite_weights(model: torch.nn.Module, iteration: int, cfg: Config, ru
 
 
 _INTERRUPTED = threading.Event()
+_STOPPED_BY = [int(signal.SIGINT)]  # the signal that stopped the run: exit code 128 + it (130 Ctrl-C, 143 SIGTERM)
 
 
 def on_sigint(signum: int, frame: Any) -> None:
-    """Ctrl-C: raise KeyboardInterrupt as Python does, and remember it. Python prints and drops an exception raised
-    inside a __del__ (a finished progress bar's, say), so the training loop also checks the flag each iteration."""
+    """Ctrl-C or SIGTERM: raise KeyboardInterrupt as Python does for Ctrl-C, and remember it. Python prints and drops
+    an exception raised inside a __del__ (a finished progress bar's, say), so the training loop also checks the flag
+    each iteration. SIGTERM (a scheduler's stop, `kill`) takes the same path: env workers closed, lock released."""
+    _STOPPED_BY[0] = int(signum)
     _INTERRUPTED.set()
     raise KeyboardInterrupt
 
@@ -194,13 +199,16 @@ def stop_if_interrupted() -> None:
 
 @contextlib.contextmanager
 def _ctrl_c_remembered() -> Iterator[None]:
-    """on_sigint as the SIGINT handler for the run (main thread only; the previous handler comes back after)."""
+    """on_sigint as the SIGINT and SIGTERM handler for the run (main thread only; the previous handlers come back
+    after)."""
     _INTERRUPTED.clear()
+    _STOPPED_BY[0] = int(signal.SIGINT)
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGINT, on_sigint)
+    previous = {signum: signal.signal(signum, on_sigint) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

@@ -8,22 +8,35 @@ env failure. `num_workers=0` runs everything in-process (debugging); env excepti
 
 Misbehaving envs end their episode with a reason and the run goes on: an exception or `sys.exit` inside the env,
 an observation that is not a string or is longer than `max_observation_chars` (checked before anything tokenises
-it), an `info` that is not a dict, admissible actions that are not a list of strings, a non-finite reward. Each
-worker is its own process group with an address-space cap (`memory_mb` above what it had at start): a leaking env
-hits MemoryError, its worker answers, exits and is restarted; processes an env spawned die with their worker.
+it), an `info` that is not a dict, admissible actions that are not a list of strings, a `won` that is not a bool, a
+non-finite reward. Oversized `info` text (a task longer than `max_observation_chars`, more than MAX_ADMISSIBLE
+admissible actions, one longer than MAX_ACTION_CHARS) is cut down with a warning. Each worker is its own process
+group with an address-space cap (`memory_mb` above what it had at start): a leaking env hits MemoryError, its worker
+answers, exits and is restarted. Workers die with the process that started them however it dies (Linux: a
+parent-death signal, elsewhere a watchdog on the parent), and take every process their envs spawned with them —
+their process group and, as the subreaper of their envs' descendants, processes that left it with `setsid`.
+
+In-process (`num_workers=0`) the same checks apply and two guards hold: a step that runs past `timeout_s` is
+interrupted (a signal to the main thread; a call blocked inside C code that never returns to Python is not), and
+`os._exit` from the env ends the episode instead of the trainer. What in-process mode gives up: the memory cap, a
+hard crash of the interpreter (a segfault) or a hang in C code, and cleanup of processes the env spawned.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import functools
 import math
 import multiprocessing as mp
 import os
 import resource
 import signal
+import threading
 import time
 import traceback
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +45,10 @@ import gymnasium as gym
 from agentrl.envs import make_env
 
 EnvFactory = Callable[[], gym.Env]
+
+_REAL_EXIT = os._exit
+MAX_ADMISSIBLE = 4096  # admissible actions kept per step; the rest are dropped with a warning
+MAX_ACTION_CHARS = 2048  # a longer admissible action is dropped with a warning (no reply could name it usefully)
 
 
 @dataclass
@@ -64,16 +81,29 @@ class Pending:
     generation: dict[int, int] = field(default_factory=dict)  # worker → its restart count when the commands went out
 
 
-class SlotEnvs:
-    """The envs of one worker (or of the in-process pool), one per slot, created on first reset."""
+class EnvInterrupted(BaseException):
+    """Raised inside an in-process env call by its guard (a BaseException: an env's `except Exception` keeps it)."""
 
-    def __init__(self, factory: EnvFactory, max_observation_chars: int = 32_768):
-        self.factory, self.max_observation_chars = factory, max_observation_chars
+
+class SlotEnvs:
+    """The envs of one worker (or of the in-process pool), one per slot, created on first reset. `guard_s`: the
+    in-process guard's time limit per call (None in a worker, whose pool enforces the limit by killing it)."""
+
+    def __init__(self, factory: EnvFactory, max_observation_chars: int = 32_768, guard_s: float | None = None):
+        self.factory, self.max_observation_chars, self.guard_s = factory, max_observation_chars, guard_s
         self.envs: dict[int, gym.Env] = {}
 
     def run(self, command: str, slot: int, arg: Any) -> StepResult:
         started = time.perf_counter()
-        result = self._run(command, slot, arg)
+        if self.guard_s is None:
+            result = self._run(command, slot, arg)
+        else:
+            try:
+                with _guarded(self.guard_s):
+                    result = self._run(command, slot, arg)
+            except EnvInterrupted as stop:  # raised after _run returned, before the guard was lifted
+                self.envs.pop(slot, None)
+                result = StepResult.failed(f"env {stop} during {command}")
         result.elapsed_s = time.perf_counter() - started
         return result
 
@@ -99,6 +129,9 @@ class SlotEnvs:
         except SystemExit as exit_:
             self.envs.pop(slot, None)
             return StepResult.failed(f"env called sys.exit({exit_.code!r}) during {command}")
+        except EnvInterrupted as stop:  # in-process guard: a timeout or os._exit
+            self.envs.pop(slot, None)
+            return StepResult.failed(f"env {stop} during {command}")
         except Exception:
             return StepResult.failed(f"env raised during {command}:\n{traceback.format_exc(limit=6)}")
 
@@ -119,8 +152,14 @@ class SlotEnvs:
             not isinstance(admissible, list | tuple) or not all(isinstance(a, str) for a in admissible)
         ):
             return StepResult.failed(f"env {command} returned admissible_actions that are not a list of strings")
+        won = info.get("won", False)
+        if not isinstance(won, bool) and type(won).__name__ != "bool_":  # numpy's bool is fine; "False" is not
+            return StepResult.failed(
+                f"env {command} returned info['won'] = {won!r:.40} (a {type(won).__name__}), not a bool"
+            )
         if not math.isfinite(result.reward):
             return StepResult.failed(f"env {command} returned a non-finite reward {result.reward}")
+        result.info = capped_info(info, self.max_observation_chars)
         return result
 
     def close(self) -> None:
@@ -130,6 +169,145 @@ class SlotEnvs:
             except Exception:  # closing is best effort; the process is going away
                 traceback.print_exc()
         self.envs.clear()
+
+
+def capped_info(info: dict[str, Any], max_chars: int) -> dict[str, Any]:
+    """`info` with every text value cut to `max_chars` and the admissible actions to MAX_ADMISSIBLE of at most
+    MAX_ACTION_CHARS characters, with a warning naming what was cut (a 10 MB task would otherwise be tokenised into
+    every prompt of the episode). An info within the limits is returned as it is."""
+    cut: list[str] = []
+    out = dict(info)
+    for key, value in info.items():
+        if isinstance(value, str) and len(value) > max_chars:
+            out[key] = value[:max_chars]
+            cut.append(f"info[{key!r}] from {len(value)} to {max_chars} characters")
+    admissible = info.get("admissible_actions")
+    if admissible is not None:
+        kept = [a for a in admissible if len(a) <= MAX_ACTION_CHARS]
+        if len(kept) < len(admissible):
+            cut.append(f"{len(admissible) - len(kept)} admissible actions longer than {MAX_ACTION_CHARS} characters")
+        if len(kept) > MAX_ADMISSIBLE:
+            cut.append(f"admissible actions from {len(kept)} to the first {MAX_ADMISSIBLE}")
+            kept = kept[:MAX_ADMISSIBLE]
+        if len(kept) < len(admissible):
+            out["admissible_actions"] = kept
+    if cut:
+        warnings.warn("env info cut down: " + "; ".join(cut), stacklevel=2)
+    return out
+
+
+@contextlib.contextmanager
+def _guarded(seconds: float) -> Iterator[None]:
+    """An in-process env call under a time limit and with os._exit disarmed: past `seconds` the main thread gets
+    SIGUSR2, whose handler raises EnvInterrupted (off the main thread, no time limit: signals reach only it)."""
+    real_exit, armed = os._exit, threading.Event()
+
+    def refuse_exit(code: int) -> None:
+        raise EnvInterrupted(f"called os._exit({code})")
+
+    def timed_out(signum: int, frame: Any) -> None:
+        if armed.is_set():  # a signal that lands after the call returned is ignored
+            raise EnvInterrupted(f"ran past rollout.env_timeout_s={seconds:g}s")
+
+    timer, previous = None, None
+    if threading.current_thread() is threading.main_thread() and hasattr(signal, "pthread_kill"):
+        previous = signal.signal(signal.SIGUSR2, timed_out)
+        timer = threading.Timer(seconds, signal.pthread_kill, (threading.main_thread().ident, signal.SIGUSR2))
+        timer.daemon = True
+    os._exit = refuse_exit  # type: ignore[assignment]
+    armed.set()
+    if timer is not None:
+        timer.start()
+    try:
+        yield
+    finally:
+        armed.clear()
+        os._exit = real_exit
+        if timer is not None:
+            timer.cancel()
+            timer.join()
+            signal.signal(signal.SIGUSR2, previous)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live descendant of `pid`, from /proc (Linux; elsewhere none)."""
+    children: dict[int, list[int]] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                parent = int(f.read().rsplit(")", 1)[1].split()[1])  # after the command name: state, ppid, …
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(parent, []).append(int(entry))
+    out, todo = [], list(children.get(pid, []))
+    while todo:
+        child = todo.pop()
+        out.append(child)
+        todo.extend(children.get(child, []))
+    return out
+
+
+def _kill_tree(pid: int, group: int | None) -> None:
+    """SIGKILL the process group `group` and every descendant of `pid` (setsid'd ones included), not `pid`."""
+    for target in descendants(pid):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(target, signal.SIGKILL)
+    if group is not None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(group, signal.SIGKILL)
+
+
+PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER = 1, 36
+
+
+def _prctl(option: int, value: int) -> None:
+    """Linux's prctl; elsewhere nothing (the watchdog thread of _die_with_parent still holds)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(option, value)
+    except (OSError, AttributeError):
+        pass
+
+
+def _die_with_parent(parent: int) -> None:
+    """This process ends, taking its whole tree with it, when `parent` dies, however it dies (SIGKILL included):
+    Linux's parent-death signal (SIGTERM, handled here) and, everywhere, a thread watching the parent."""
+
+    def end(signum: int = 0, frame: Any = None) -> None:
+        _kill_tree(os.getpid(), None)
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, end)
+    _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        end()
+
+    threading.Thread(target=watch, daemon=True).start()
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        end()
+
+
+def _keep(worker: int, parent: int) -> None:
+    """The keeper: the process the pool started, which runs no env code. It is the subreaper of its worker's tree
+    (a process an env spawned, even with setsid or a double fork, stays in it), and when the worker exits or crashes
+    it kills what is left of the tree and exits with the worker's code. Never returns."""
+    _die_with_parent(parent)
+    _prctl(PR_SET_CHILD_SUBREAPER, 1)
+    _, status = os.waitpid(worker, 0)
+    _kill_tree(os.getpid(), None)
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(-1, 0)[0]:  # reap the orphans just killed
+            pass
+    code = os.waitstatus_to_exitcode(status)
+    os._exit(code if code >= 0 else 128 - code)
 
 
 def _address_space() -> int:
@@ -146,8 +324,15 @@ def _limit_memory(memory_mb: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (cap if hard == resource.RLIM_INFINITY else min(cap, hard), hard))
 
 
-def _worker_main(conn: Any, factory: EnvFactory, max_observation_chars: int, memory_mb: int) -> None:
+def _worker_main(conn: Any, factory: EnvFactory, max_observation_chars: int, memory_mb: int, parent: int) -> None:
     os.setpgrp()  # its own process group: killing the worker kills what its envs spawned
+    keeper = os.getpid()
+    worker = os.fork()  # the env code runs in the child; this process keeps its tree (see _keep)
+    if worker:
+        conn.close()
+        _keep(worker, parent)
+    _die_with_parent(keeper)
+    conn.send(os.getpid())  # the pool's handle on the process that runs the envs
     _limit_memory(memory_mb)
     slots = SlotEnvs(factory, max_observation_chars)
     try:
@@ -164,24 +349,23 @@ def _worker_main(conn: Any, factory: EnvFactory, max_observation_chars: int, mem
         pass
     finally:
         slots.close()
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        os.killpg(os.getpgrp(), signal.SIGTERM)  # processes the envs left behind (this one ignores it)
+        _kill_tree(os.getpid(), None)  # processes the envs left behind, setsid'd ones included
 
 
 class _Worker:
     def __init__(self, ctx: Any, factory: EnvFactory, max_observation_chars: int, memory_mb: int):
         self.conn, child = ctx.Pipe()
-        args = (child, factory, max_observation_chars, memory_mb)
+        args = (child, factory, max_observation_chars, memory_mb, os.getpid())
         self.process = ctx.Process(target=_worker_main, args=args, daemon=True)
-        self.process.start()
+        self.process.start()  # the keeper; it forks the worker, which says its pid first
         child.close()
+        self.pid = self.process.pid
+        with contextlib.suppress(EOFError, OSError):  # a worker that died at birth is found dead on first use
+            self.pid = self.conn.recv() if self.conn.poll(60) else self.pid
 
     def kill(self) -> None:
-        """Kill the worker and every process in its group (what its envs spawned)."""
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+        """Kill the worker, every process in its group and every descendant (what its envs spawned)."""
+        _kill_tree(self.process.pid, self.process.pid)
         if self.process.is_alive():
             self.process.kill()
         self.process.join(timeout=5)
@@ -202,7 +386,7 @@ class EnvPool:
         self.factory, self.num_workers, self.timeout_s = factory, num_workers, timeout_s
         self.max_observation_chars, self.memory_mb = max_observation_chars, memory_mb
         self.restarts = 0
-        self._local = SlotEnvs(factory, max_observation_chars) if num_workers == 0 else None
+        self._local = SlotEnvs(factory, max_observation_chars, guard_s=timeout_s) if num_workers == 0 else None
         self._ctx = mp.get_context(start_method)
         self._workers = [self._new_worker() for _ in range(num_workers)]
         self._generation = [0] * num_workers
@@ -265,6 +449,7 @@ class EnvPool:
                 if worker.conn.poll(min(0.5, max(0.0, deadline - time.monotonic()))):
                     return worker.conn.recv()
             except (EOFError, OSError):
+                worker.process.join(timeout=2)  # its keeper exits with the worker's code once the tree is gone
                 return f"env worker {w} died (exit code {worker.process.exitcode})"
             if not worker.process.is_alive():
                 return f"env worker {w} died (exit code {worker.process.exitcode})"
@@ -281,7 +466,8 @@ class EnvPool:
         self.restarts += 1
 
     def worker_pids(self) -> list[int]:
-        return [w.process.pid for w in self._workers]
+        """The processes that run the envs (each under a keeper process, the pool's child)."""
+        return [w.pid for w in self._workers]
 
     def close(self) -> None:
         if self._local is not None:

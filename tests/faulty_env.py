@@ -42,8 +42,17 @@ class FaultyEnv(TextEnv):
             return "ok", float("nan"), False, False, empty_info()
         if action == "leak":
             self.hoard = [bytearray(2**20) for _ in range(4096)]  # 4 GiB, far over the test's cap
-        if action.startswith("spawn "):  # a child process that would outlive a carelessly killed worker
-            child = subprocess.Popen(["sleep", "600"])
-            with open(action.removeprefix("spawn "), "w") as f:
+        if action == "won string":
+            return "ok", 0.0, True, False, empty_info(won="False")
+        if action == "huge task":
+            return "ok", 0.0, False, False, empty_info(task="t" * 10_000_000, admissible_actions=["look"])
+        if action == "many actions":
+            return "ok", 0.0, False, False, empty_info(admissible_actions=[f"go to {i}" for i in range(300_000)])
+        if action == "long action":
+            return "ok", 0.0, False, False, empty_info(admissible_actions=["look", "x" * 100_000])
+        if action.startswith(("spawn ", "setsid ")):  # a child process that would outlive a carelessly killed worker
+            kind, path = action.split(" ", 1)
+            child = subprocess.Popen(["sleep", "600"], start_new_session=kind == "setsid")
+            with open(path, "w") as f:
                 f.write(str(child.pid))
         return f"echo {action}", 1.0, action == "ok", False, empty_info(won=action == "ok", pid=os.getpid())

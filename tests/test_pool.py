@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from agentrl.envs import pool as pool_module
 from agentrl.envs.pool import EnvPool, env_factory
 from tests.faulty_env import FaultyEnv
 
@@ -163,3 +164,101 @@ def test_processes_an_env_spawned_die_with_its_worker(tmp_path):
     while _alive(second) and time.time() < deadline:
         time.sleep(0.05)
     assert not _alive(second)
+
+
+def _gone(pids: list[int], seconds: float = 10.0) -> bool:
+    deadline = time.time() + seconds
+    while any(_alive(p) for p in pids) and time.time() < deadline:
+        time.sleep(0.05)
+    return not any(_alive(p) for p in pids)
+
+
+def test_a_setsid_process_an_env_spawned_dies_with_its_worker(tmp_path):
+    """A process the env started in a session of its own (setsid) leaves the worker's process group; killing the
+    group missed it. The worker's whole tree goes, on a restart and on close."""
+    marker = tmp_path / "child.pid"
+    p = EnvPool(functools.partial(FaultyEnv), num_workers=1, timeout_s=10)
+    try:
+        p.reset([(0, 0, None)])
+        assert p.step([(0, f"setsid {marker}")])[0].error is None
+        child = int(marker.read_text())
+        assert _alive(child) and os.getsid(child) == child
+        p.step([(0, "crash")])
+        assert _gone([child])
+        p.reset([(0, 0, None)])
+        assert p.step([(0, f"setsid {marker}")])[0].error is None
+        second = int(marker.read_text())
+    finally:
+        p.close()
+    assert _gone([second])
+
+
+PARENT = """
+import functools, sys, time
+sys.path.insert(0, {root!r})
+from agentrl.envs.pool import EnvPool
+from tests.faulty_env import FaultyEnv
+p = EnvPool(functools.partial(FaultyEnv), num_workers=2, timeout_s=10)
+p.reset([(0, 0, None), (1, 0, None)])
+p.step([(0, "spawn {marker}0"), (1, "setsid {marker}1")])
+print(" ".join(map(str, p.worker_pids() + [w.process.pid for w in p._workers])), flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
+def test_workers_and_what_they_spawned_die_with_a_killed_parent(tmp_path, how):
+    """SIGKILL or SIGTERM of the process that owns the pool (no cleanup runs in it) leaves no env worker and no
+    process an env spawned behind: each worker gets a parent-death signal and kills its tree."""
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parents[1])
+    code = PARENT.format(root=root, marker=tmp_path / "child")
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        workers = [int(pid) for pid in parent.stdout.readline().split()]
+        children = [int((tmp_path / f"child{i}").read_text()) for i in range(2)]
+        assert len(workers) == 4 and all(_alive(pid) for pid in workers + children)
+        parent.send_signal(getattr(signal, how))
+        parent.wait(timeout=30)
+        assert _gone(workers + children), [pid for pid in workers + children if _alive(pid)]
+    finally:
+        parent.kill()
+
+
+def test_won_must_be_a_bool(pool):
+    """info["won"] = "False" once counted as a win (100% success with reward 0)."""
+    pool.reset([(0, 0, None)])
+    result = pool.step([(0, "won string")])[0]
+    assert result.truncated and "info['won']" in result.error and "str" in result.error
+
+
+def test_oversized_info_is_cut_down_with_a_warning():
+    """A 10 MB task or 300,000 admissible actions once stalled every rollout: cut down in the env's process."""
+    with EnvPool(functools.partial(FaultyEnv), num_workers=0, timeout_s=30, max_observation_chars=1000) as p:
+        p.reset([(s, 0, None) for s in range(3)])
+        with pytest.warns(UserWarning, match="env info cut down"):
+            huge, many, long = p.step([(0, "huge task"), (1, "many actions"), (2, "long action")])
+    assert huge.error is None and len(huge.info["task"]) == 1000 and huge.info["admissible_actions"] == ["look"]
+    assert many.error is None and len(many.info["admissible_actions"]) == pool_module.MAX_ADMISSIBLE
+    assert many.info["admissible_actions"][:2] == ["go to 0", "go to 1"]
+    assert long.error is None and long.info["admissible_actions"] == ["look"]
+
+
+def test_in_process_envs_are_guarded_against_hangs_and_os_exit():
+    """rollout.num_workers=0: a hanging step ends its episode at the time limit and os._exit in the env ends the
+    episode, not the trainer (it once exited with rc 7 and no message); the pool goes on."""
+    with EnvPool(functools.partial(FaultyEnv), num_workers=0, timeout_s=1) as p:
+        p.reset([(0, 0, None), (1, 0, None)])
+        started = time.monotonic()
+        hung, crashed = p.step([(0, "hang"), (1, "crash")])
+        assert time.monotonic() - started < 10
+        assert hung.truncated and "env_timeout_s=1" in hung.error
+        assert crashed.truncated and "os._exit(3)" in crashed.error
+        assert os._exit is pool_module._REAL_EXIT  # disarmed only during the env's own call
+        again = p.reset([(0, 0, None), (1, 0, None)])
+        assert all(r.error is None for r in again)
+        assert [r.observation for r in p.step([(0, "a"), (1, "b")])] == ["echo a", "echo b"]

@@ -210,19 +210,31 @@ def test_resumed_tensorboard_log_has_no_duplicated_steps(tmp_path):
     assert steps == [1, 2, 3, 4]
 
 
-def test_ctrl_c_stops_cleanly_with_the_resume_command(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_stops_cleanly_with_the_resume_command(tmp_path, signum):
+    """Ctrl-C, and SIGTERM the same way (a scheduler's stop: it once left every env worker running): exit code 128 +
+    the signal, the resume command, the lock released, and no env worker (or its keeper) left behind."""
+    from agentrl.envs.pool import descendants
+
     cmd = [sys.executable, "-m", "agentrl.trainer", "experiment=cuebandit", f"trainer.run_dir={tmp_path}"]
+    cmd.append("rollout.num_workers=1")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while time.time() < deadline and not (tmp_path / "metrics.jsonl").exists():
         time.sleep(0.05)
     time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
+    workers = descendants(proc.pid)
+    assert workers  # the env worker and its keeper
+    proc.send_signal(signum)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err[-2000:]
+    assert proc.returncode == 128 + signum, err[-2000:]
     assert "Traceback" not in err and f"trainer.run_dir={tmp_path} trainer.resume=auto" in err
     assert not (tmp_path / ".lock").exists()
+    deadline = time.time() + 10
+    while time.time() < deadline and any(Path(f"/proc/{pid}").exists() for pid in workers):
+        time.sleep(0.05)
+    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()]
 
 
 def test_a_swallowed_ctrl_c_still_stops_the_run(tmp_path, monkeypatch):
