@@ -122,6 +122,8 @@ def load_problems(
         ak = answer_key or next((k for k in ("final", "answer") if k in row), None)
         if pk is None or ak is None or pk not in row or ak not in row:
             raise ValueError(f"{file} line {i + 1}: need problem/question and answer/final fields, got {sorted(row)}")
+        if row[ak] is None or row[pk] is None:  # str(None) would make "None" the reference answer
+            raise ValueError(f"{file} line {i + 1}: the {pk if row[pk] is None else ak!r} field is null")
         problem = str(row[pk])
         if len(problem) > max_problem_chars:  # rejected here, long before a tokenizer would see it
             raise ValueError(
@@ -135,8 +137,10 @@ def load_problems(
 
 
 def verify_answer(reference: str, answer: str, timeout: int) -> tuple[bool, str | None]:
-    """(correct, error). Signal-based timeouts only work in the main thread; elsewhere the pool's timeout applies."""
+    """(correct, error). Signal-based timeouts only work in the main thread; elsewhere the pool's timeout applies.
+    math-verify's TimeoutException is a BaseException (an `except Exception` misses it): caught here by name."""
     from math_verify import parse, verify
+    from math_verify.errors import TimeoutException
 
     seconds = timeout if threading.current_thread() is threading.main_thread() else None
     started = time.monotonic()
@@ -146,6 +150,8 @@ def verify_answer(reference: str, answer: str, timeout: int) -> tuple[bool, str 
         if not gold or not pred:
             return False, "unparsable"
         correct = bool(verify(gold, pred, timeout_seconds=seconds))
+    except TimeoutException:
+        return False, f"timeout: verification took over {timeout}s"
     except Exception as err:  # the verifier's own failures are a 0 reward with the reason kept in info
         if "timeout" in type(err).__name__.lower() or "timed out" in str(err).lower():
             return False, f"timeout: verification took over {timeout}s"
@@ -171,6 +177,9 @@ class MathEnv(TextEnv):
         fallbacks: tuple[str, ...] = ("answer_is", "last_number"),
     ) -> None:
         super().__init__()
+        if isinstance(verify_timeout, bool) or not isinstance(verify_timeout, int) or verify_timeout < 1:
+            # math-verify reads 0 as "no time limit": a slow reply would then stall the run
+            raise ValueError(f"verify_timeout must be a whole number of seconds >= 1, got {verify_timeout!r}")
         self.problems = (
             load_problems(data_path, problem_key, answer_key, max_problem_chars)
             if data_path

@@ -259,6 +259,7 @@ def test_math_data_errors_name_the_file_and_line_and_long_problems_are_refused(t
         "empty.jsonl": ("\n\n", "holds no problems"),
         "list.jsonl": ("[1, 2]\n", "line 1: not a JSON object but list"),
         "long.jsonl": (json.dumps({"problem": "x" * 9000, "answer": "1"}) + "\n", "line 1: the problem has 9000"),
+        "null.jsonl": (json.dumps({"problem": "1+1?", "answer": None}) + "\n", "line 1: the 'answer' field is null"),
     }
     for name, (text, message) in cases.items():
         (tmp_path / name).write_text(text)
@@ -280,3 +281,11 @@ def test_math_extraction_is_linear_and_timeouts_set_verify_error():
     env.reset(options={"instance": 0})
     _, reward, _, _, info = env.step("\\boxed{9^{9^{9^{9}}}}")  # sympy cannot finish this comparison in 1 s
     assert reward == 0.0 and info["verify_error"].startswith("timeout")
+    # math-verify's TimeoutException is a BaseException: these two once escaped step() and crashed the run
+    for reply in ["\\boxed{" + "{" * 800 + "1" + "}" * 800 + "}", "\\boxed{" + "(" * 3000 + "}"]:
+        env.reset(options={"instance": 0})
+        _, reward, _, _, info = env.step(reply)
+        assert reward == 0.0 and info["verify_error"].startswith("timeout"), info["verify_error"]
+    for bad in (0, -1, 1.5, True):  # 0 once meant "no time limit" to math-verify
+        with pytest.raises(ValueError, match="verify_timeout must be a whole number of seconds >= 1"):
+            envs.make_env("agentrl/Math-v0", verify_timeout=bad)
