@@ -19,7 +19,6 @@ import pickle
 import random
 import re
 import shutil
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -162,23 +161,27 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
 
 
 def verify_checkpoint(path: Path) -> dict[str, Any]:
-    """Check a checkpoint's files against its manifest and return its saved config ({} for checkpoints written
-    before configs were saved). Raises CorruptCheckpoint naming what is wrong."""
+    """Check a checkpoint's files against its manifest (present, a JSON object, covering every file, every
+    checksum equal) and return its saved config. Raises CorruptCheckpoint naming what is wrong."""
     manifest_path = path / MANIFEST
-    if manifest_path.exists():
-        try:
-            manifest = json.loads(manifest_path.read_text())
-        except ValueError as err:
-            raise CorruptCheckpoint(f"{manifest_path} is not valid JSON ({err})") from None
-        actual = _manifest(path)
-        missing = sorted(set(manifest) - set(actual))
-        if missing:
-            raise CorruptCheckpoint(f"{path}: missing {', '.join(missing)}")
-        changed = sorted(name for name, digest in manifest.items() if actual[name] != digest)
-        if changed:
-            raise CorruptCheckpoint(f"{path}: checksum mismatch in {', '.join(changed)} (damaged or modified)")
-    else:
-        warnings.warn(f"{path} has no {MANIFEST} (written by an older agentrl); not verified", stacklevel=2)
+    if not manifest_path.is_file():  # every checkpoint agentrl writes has one (written last): without it, damage
+        raise CorruptCheckpoint(f"{path}: {MANIFEST} is missing (deleted, or the checkpoint was copied in part)")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise CorruptCheckpoint(f"{manifest_path} is not valid JSON ({err})") from None
+    if not isinstance(manifest, dict) or not all(isinstance(v, str) for v in manifest.values()):
+        raise CorruptCheckpoint(f"{manifest_path} does not map file names to checksums")
+    actual = _manifest(path)
+    missing = sorted(set(manifest) - set(actual))
+    if missing:
+        raise CorruptCheckpoint(f"{path}: missing {', '.join(missing)}")
+    uncovered = sorted(set(actual) - set(manifest))  # an emptied manifest ({}) once let flipped weights through
+    if uncovered:
+        raise CorruptCheckpoint(f"{path}: {', '.join(uncovered[:5])} not covered by {MANIFEST} (damaged or modified)")
+    changed = sorted(name for name, digest in manifest.items() if actual[name] != digest)
+    if changed:
+        raise CorruptCheckpoint(f"{path}: checksum mismatch in {', '.join(changed)} (damaged or modified)")
     config_path = path / "config.json"
     if not config_path.exists():
         return {}
@@ -189,6 +192,18 @@ def verify_checkpoint(path: Path) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise CorruptCheckpoint(f"{config_path} does not hold a config object")
     return config
+
+
+def usable_checkpoints(run_dir: Path) -> tuple[list[Path], list[str]]:
+    """(checkpoints that verify, newest first; what is wrong with each that does not)."""
+    good, damaged = [], []
+    for path in list_checkpoints(run_dir)[::-1]:
+        try:
+            verify_checkpoint(path)
+            good.append(path)
+        except CorruptCheckpoint as err:
+            damaged.append(str(err))
+    return good, damaged
 
 
 def load_checkpoint(path: Path, model, optimizer=None) -> dict[str, Any]:

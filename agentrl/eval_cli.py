@@ -1,6 +1,6 @@
 """`agentrl-eval`: evaluate a training run, a checkpoint, a HF model or a scripted agent on a fixed panel.
 
-    agentrl-eval --run runs/quickstart/latest                     # the run's newest checkpoint, under its own prompt
+    agentrl-eval --run runs/quickstart/latest                     # the run's newest good checkpoint, its own prompt
     agentrl-eval --run runs/mygame/latest --imports mygame --seeds 0 1 2
     agentrl-eval --env agentrl/CueBandit-v0 --agent oracle --instances 32
     agentrl-eval --env agentrl/ALFWorld-v0 --env-kwargs '{"data_path": "data/alfworld", "split": "valid_unseen"}' \\
@@ -10,7 +10,9 @@ With --run, everything that shapes what the model sees and may say comes from th
 kwargs (with the chosen eval set's), prompt format and its options, history window, sample mode, stop strings,
 reply length, evaluation temperature and turn limit; explicit flags override. Reports success overall ("All",
 micro average over games) and per task type, as a table and as eval.json (panel hash, prompt format and options,
-sampling, seeds); several seeds give mean ± std. Every argument is checked before any weights load.
+sampling, seeds); several seeds give mean ± std. Every argument is checked before any weights load. With --run,
+checkpoints are verified against their checksums as resume does: a damaged newest one is skipped with a warning for
+the newest good one, and results go under the run (<run>/evals/<time>/) unless --out says where.
 """
 
 from __future__ import annotations
@@ -19,12 +21,16 @@ import argparse
 import importlib
 import json
 import math
+import time
+import warnings
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+from safetensors import SafetensorError
+
 from agentrl import envs
-from agentrl.checkpoint import list_checkpoints
+from agentrl.checkpoint import CKPT_RE, MANIFEST, CorruptCheckpoint, usable_checkpoints, verify_checkpoint
 from agentrl.config import load_run_config
 from agentrl.envs.agents import SCRIPTED_AGENTS, run_panel
 from agentrl.envs.pool import EnvPool, env_factory
@@ -64,14 +70,49 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--max-new-tokens", type=int, help="reply length limit (default: run's, else 512)")
     ap.add_argument("--max-turns", type=int, help="turn limit (default: run's eval_max_turns, else 50)")
     ap.add_argument("--workers", type=int, default=2, help="env worker processes (0: in-process)")
-    ap.add_argument("--out", default="eval_results", help="folder for eval.json and eval.md (checked first)")
+    ap.add_argument(
+        "--out",
+        help="folder for eval.json and eval.md, checked first (default with --run: <run>/evals/<time>; else required)",
+    )
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
     return ap
 
 
-def _newest_model(run_dir: Path) -> str | None:
-    found = list_checkpoints(run_dir)
-    return str(found[-1] / "model") if found else None
+def _checkpoint_models(run_dir: Path, problems: list[str]) -> list[str]:
+    """The model/ folders of the run's checkpoints that verify against their manifests, newest first (the same check
+    as resume); a damaged one is skipped with a warning, and none usable is a problem naming why."""
+    good, damaged = usable_checkpoints(run_dir)
+    for reason in damaged:
+        warnings.warn(f"skipping a damaged checkpoint: {reason}", stacklevel=2)
+    if not good:
+        why = ":\n    " + "\n    ".join(damaged) if damaged else " yet"
+        problems.append(f"--run {run_dir} has no usable checkpoint{why}; give --model")
+    return [str(path / "model") for path in good]
+
+
+def _verified_model(model: str, problems: list[str]) -> None:
+    """A --model that is a checkpoint's model/ folder is verified against that checkpoint's manifest first."""
+    folder = Path(model).expanduser()
+    if folder.name == "model" and ((folder.parent / MANIFEST).exists() or CKPT_RE.match(folder.parent.name)):
+        try:
+            verify_checkpoint(folder.parent)
+        except CorruptCheckpoint as err:
+            problems.append(f"--model {model}: {err}")
+
+
+def load_first(models: list[str]) -> tuple[Any, Any, str]:
+    """(model, tokenizer, folder) of the first of `models` that loads; one that does not (truncated weights, a
+    folder that is not a model) is skipped with a warning, as resume does. Raises CorruptCheckpoint if none loads."""
+    reasons = []
+    for name in models:
+        try:
+            model, tok = load_model(ModelSpec(name=name, device="auto"))
+            return model, tok, name
+        except (OSError, RuntimeError, ValueError, SafetensorError) as err:
+            reasons.append(f"{name}: {type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}")
+            if len(models) > 1:
+                warnings.warn(f"skipping a checkpoint that does not load: {reasons[-1]}", stacklevel=2)
+    raise CorruptCheckpoint("no model could be loaded:\n  - " + "\n  - ".join(reasons))
 
 
 def resolve(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
@@ -93,6 +134,7 @@ def resolve(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
         "model": args.model,
         "backend": args.backend or "hf",
         "vllm": None,
+        "models": [args.model] if args.model else [],  # to try in order: a run's verified checkpoints, newest first
     }
     if args.run is not None:
         problems += _from_run(args, s)
@@ -143,9 +185,8 @@ def _from_run(args: argparse.Namespace, s: dict[str, Any]) -> list[str]:
     s["env"], s["instances"] = args.env or cfg.env.id, cfg.env.eval_instances
     s["backend"], s["vllm"] = args.backend or str(cfg.model.backend), cfg.model.vllm
     if not args.model and not args.agent:
-        s["model"] = _newest_model(args.run)
-        if s["model"] is None:
-            problems.append(f"--run {args.run} has no checkpoint yet; give --model")
+        s["models"] = _checkpoint_models(args.run, problems)
+        s["model"] = s["models"][0] if s["models"] else None
     return problems
 
 
@@ -163,6 +204,8 @@ def _problems(args: argparse.Namespace, s: dict[str, Any]) -> list[str]:
         problems.append(f"--agent {args.agent!r}: choose from {', '.join(sorted(SCRIPTED_AGENTS))}")
     if s["model"] is not None:
         problems += check_model_name(s["model"])
+        if args.model:
+            _verified_model(args.model, problems)
     if s["backend"] == "vllm" and args.agent is None:
         problems += [m for m in [vllm_missing("--backend")] if m]
     if s["instances"] < 1:
@@ -172,8 +215,10 @@ def _problems(args: argparse.Namespace, s: dict[str, Any]) -> list[str]:
     if not math.isfinite(rollout.eval_temperature) or rollout.eval_temperature < 0:
         problems.append(f"--temperature must be a finite number >= 0, got {rollout.eval_temperature}")
     problems += [p.replace("rollout.", "--") for p in rollout.validate() if "temperature" not in p]
-    if not writable_location(Path(args.out)):
-        problems.append(f"--out {args.out}: not a writable location; choose another folder")
+    if args.out is None and args.run is None:
+        problems.append("give --out (the folder for eval.json and eval.md)")
+    elif not writable_location(Path(args.out or args.run)):
+        problems.append(f"--out {args.out or args.run}: not a writable location; choose another folder")
     return problems
 
 
@@ -200,7 +245,10 @@ def main(argv: list[str] | None = None) -> None:
             agent = SCRIPTED_AGENTS[args.agent](seed=seed) if args.agent == "random" else SCRIPTED_AGENTS[args.agent]()
             results.append(run_panel(probe, agent, indices, max_steps=max_turns))
     else:
-        model, tok = load_model(ModelSpec(name=s["model"], device="auto"))
+        try:
+            model, tok, s["model"] = load_first(s["models"])
+        except CorruptCheckpoint as err:
+            ap.exit(1, f"agentrl-eval: error: {err}\n")
         factory = env_factory(env_id, max_episode_steps=max_turns, **env_kwargs)
         with EnvPool(factory, num_workers=args.workers, **rollout.pool_options()) as pool:
             length = rollout.max_prompt_tokens + rollout.max_new_tokens
@@ -235,7 +283,7 @@ def main(argv: list[str] | None = None) -> None:
         "summary": summary,
         "per_seed": [asdict(r) for r in results],
     }
-    out = Path(args.out)
+    out = Path(args.out) if args.out else args.run / "evals" / time.strftime("%Y-%m-%d_%H-%M-%S")
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval.json").write_text(json.dumps(report, indent=1, default=str))
     (out / "eval.md").write_text(f"panel {panel_hash}, seeds {args.seeds}\n\n{table}\n")

@@ -158,6 +158,69 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_newest_good_one(tmp_path)
     assert not torch.equal(_weights(tmp_path, 4)["model.embed_tokens.weight"], good["model.embed_tokens.weight"])
 
 
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory) -> Path:
+    """A 4-iteration CueBandit run with checkpoints after iterations 2 and 4 (copied by each test that damages it)."""
+    run = tmp_path_factory.mktemp("trained") / "run"
+    trainer_module.train(_cfg(run))
+    return run
+
+
+def _flip_a_bit(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01  # the file still loads; only the checksum notices
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("manifest", [None, "{}", "[]", "null", '{"model/model.safetensors": 3}'])
+def test_a_missing_or_malformed_manifest_is_damage_not_an_older_checkpoint(trained_run, tmp_path, manifest):
+    """Flipped weights once resumed when checksums.json was deleted (a warning only) or emptied to {} (silently);
+    [] and null raised raw errors. Each is a damaged checkpoint: resume falls back to the newest good one."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    newest = run / "checkpoints" / "iter-000004"
+    _flip_a_bit(newest / "model" / "model.safetensors")
+    if manifest is None:
+        (newest / "checksums.json").unlink()
+    else:
+        (newest / "checksums.json").write_text(manifest)
+    with pytest.warns(UserWarning, match="skipping a damaged checkpoint: .*iter-000004"):
+        candidates = lifecycle.checkpoints_to_try(_cfg(run, "trainer.resume=auto"), run)
+    assert [path.name for path, _ in candidates] == ["iter-000002"]
+
+
+def test_eval_of_a_run_uses_the_newest_checkpoint_that_verifies(trained_run, tmp_path, capsys):
+    """agentrl-eval --run once evaluated bit-flipped newest weights with rc 0, and truncated ones raised a raw
+    SafetensorError. It verifies as resume does and falls back; its results go under the run by default."""
+    import shutil
+
+    from agentrl import eval_cli
+    from agentrl.checkpoint import _manifest
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    args = ["--run", str(run), "--instances", "2", "--workers", "0", "--no-progress"]
+    _flip_a_bit(run / "checkpoints" / "iter-000004" / "model" / "model.safetensors")
+    with pytest.warns(UserWarning, match="skipping a damaged checkpoint: .*iter-000004.*checksum mismatch"):
+        eval_cli.main(args)
+    (report,) = [json.loads(p.read_text()) for p in (run / "evals").glob("*/eval.json")]
+    assert report["model"].endswith("iter-000002/model")
+    # weights cut short by a bad write whose manifest still matches them: the load fails, the next one is used
+    older = run / "checkpoints" / "iter-000002"
+    weights = older / "model" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    (older / "checksums.json").write_text(json.dumps(_manifest(older)))
+    with pytest.raises(SystemExit) as exit_info:
+        eval_cli.main([*args, "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1 and "no model could be loaded" in err and "SafetensorError" in err
+    with pytest.raises(SystemExit) as exit_info:  # without --run there is no run to write under
+        eval_cli.main(["--env", "agentrl/CueBandit-v0", "--agent", "oracle"])
+    assert exit_info.value.code == 2 and "give --out" in capsys.readouterr().err
+
+
 def test_garbage_in_every_checkpoint_is_refused_with_the_reasons(tmp_path):
     trainer_module.train(_cfg(tmp_path, "trainer.iterations=2"))
     (tmp_path / "checkpoints" / "iter-000002" / "config.json").write_text("{not json")
