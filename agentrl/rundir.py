@@ -10,6 +10,7 @@ trainer.overwrite=true; `.tmp-*` folders left by interrupted checkpoint writes a
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -101,9 +102,15 @@ def prepare_run_dir(run_dir: Path, resume: str, overwrite: bool) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _as_pid(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else -1
+
+
 def _alive(pid: int) -> bool:
     """Whether process `pid` runs (a zombie, killed but not yet reaped by its parent, does not: a torchrun rank
     killed with its launcher stays one until init reaps it)."""
+    if pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -118,34 +125,53 @@ def _alive(pid: int) -> bool:
 
 
 class RunLock:
-    """One training process per run directory. A lock left by a dead process (same host) is taken over; a live
-    one is refused with the holder's pid. Released on exit (context manager)."""
+    """One training process per run directory: an exclusive flock on `.lock` (the kernel drops it when its process
+    dies, however it dies, so a dead run's lock is taken over and two processes can never both take it), holding the
+    holder's pid and host for the message. A `.lock` whose named holder is alive on this host is refused even without
+    the flock (a run of an older agentrl). Released on exit (context manager)."""
 
     def __init__(self, run_dir: Path):
         self.path = run_dir / LOCK_NAME
         self.held = False
+        self._fd: int | None = None
 
     def acquire(self) -> None:
         me = {"pid": os.getpid(), "host": socket.gethostname()}
-        for _ in range(2):
+        for _ in range(20):  # retried only when the file was replaced between open and flock
+            fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                holder = self._holder()
-                if holder and holder.get("host") == me["host"] and not _alive(int(holder.get("pid", -1))):
-                    warnings.warn(f"removing a stale lock of dead process {holder['pid']} in {self.path}", stacklevel=2)
-                    self.path.unlink(missing_ok=True)
-                    continue
-                who = f"process {holder.get('pid')} on {holder.get('host')}" if holder else "another process"
-                raise ConfigError(
-                    f"{self.path.parent} is in use by {who}; wait for it to finish, or use another trainer.run_dir "
-                    f"(if that process is gone, delete {self.path})"
-                ) from None
-            with os.fdopen(fd, "w") as f:
-                json.dump(me, f)
-            self.held = True
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                self._refuse(self._holder(), me)
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:  # its holder released it (and removed the file) meanwhile
+                same = False
+            if not same:
+                os.close(fd)
+                continue
+            holder = self._holder()
+            if holder and holder.get("host") == me["host"] and holder.get("pid") != me["pid"]:
+                if _alive(_as_pid(holder.get("pid"))):
+                    os.close(fd)
+                    self._refuse(holder, me)
+                warnings.warn(
+                    f"taking over the stale lock of dead process {holder['pid']} in {self.path}", stacklevel=2
+                )
+            os.ftruncate(fd, 0)
+            os.write(fd, json.dumps(me).encode())
+            self._fd, self.held = fd, True
             return
-        raise ConfigError(f"could not lock {self.path.parent}")
+        raise ConfigError(f"could not lock {self.path.parent}: {self.path} keeps being replaced")
+
+    def _refuse(self, holder: dict | None, me: dict) -> None:
+        alive = holder and (holder.get("host") != me["host"] or _alive(_as_pid(holder.get("pid"))))
+        who = f"process {holder.get('pid')} on {holder.get('host')}" if holder and alive else "another process"
+        raise ConfigError(
+            f"{self.path.parent} is in use by {who}; wait for it to finish, or use another trainer.run_dir "
+            f"(if that process is gone, delete {self.path})"
+        ) from None
 
     def _holder(self) -> dict | None:
         try:
@@ -156,8 +182,10 @@ class RunLock:
 
     def release(self) -> None:
         if self.held:
-            self.path.unlink(missing_ok=True)
-            self.held = False
+            self.path.unlink(missing_ok=True)  # under the flock: a process that opened it sees the inode change
+            if self._fd is not None:
+                os.close(self._fd)
+            self._fd, self.held = None, False
 
     def __enter__(self) -> RunLock:
         self.acquire()

@@ -60,6 +60,40 @@ def test_a_second_run_in_a_locked_directory_is_refused_and_a_stale_lock_is_taken
     assert not (tmp_path / ".lock").exists()
 
 
+def _race_for_the_lock(run_dir: str, start, wins) -> None:
+    import warnings
+
+    warnings.simplefilter("ignore")
+    lock = RunLock(Path(run_dir))
+    start.wait()
+    try:
+        lock.acquire()
+    except ConfigError:
+        return
+    with wins.get_lock():
+        wins.value += 1
+    time.sleep(0.3)  # held while the others try
+    lock.release()
+
+
+def test_a_stale_lock_is_taken_over_by_exactly_one_of_many(tmp_path):
+    """Processes that find the same dead lock once both took it over (12 of 40 trials with two): exactly one wins."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    for trial in range(10):
+        (tmp_path / ".lock").write_text(json.dumps({"pid": dead.pid, "host": os.uname().nodename}))
+        start, wins = ctx.Barrier(4), ctx.Value("i", 0)
+        racers = [ctx.Process(target=_race_for_the_lock, args=(str(tmp_path), start, wins)) for _ in range(4)]
+        for racer in racers:
+            racer.start()
+        for racer in racers:
+            racer.join(30)
+        assert wins.value == 1, (trial, wins.value)
+
+
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="zombie detection reads /proc (Linux)")
 def test_a_lock_held_by_a_killed_but_unreaped_process_is_stale(tmp_path):
     """A torchrun rank killed together with its launcher stays a zombie until init reaps it; its lock is stale."""
