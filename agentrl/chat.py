@@ -68,5 +68,8 @@ class ChatTokens:
         delta = self.after_eos() + after[len(before) :]
         if not self.has_special(content):
             return missing_eos + self.encode(delta)
-        head, _, tail = delta.partition(content)  # the template around the user content, encoded as template
+        # the template around the content, located by a placeholder (a content equal to "<|im_start|>user" must not
+        # be matched in the template's own header), is encoded as template; the content as plain text
+        marked = self.render([*base, {"role": "user", "content": PLACEHOLDER}], generation_prompt=True)
+        head, tail = (self.after_eos() + marked[len(before) :]).split(PLACEHOLDER)
         return missing_eos + self.encode(head) + self.encode_plain(content) + self.encode(tail)
