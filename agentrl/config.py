@@ -159,6 +159,17 @@ def load_config(overrides: list[str] | None = None, config_dir: Path = CONFIG_DI
         raise
     if not isinstance(obj, Config):
         raise ConfigError("configs/config.yaml must compose onto the agentrl schema")
+    dropped = sorted(set(flatten(OmegaConf.to_container(composed))) - set(flatten(config_dict(obj))))
+    if dropped:  # a `+key` the schema has no field for was accepted by Hydra and then silently dropped
+        known = sorted(flatten(config_dict(Config())))
+        hints = [
+            f"{key} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(key, known, 1)) else key
+            for key in dropped
+        ]
+        raise ConfigError(
+            f"unknown config keys: {', '.join(hints)}; a + adds keys only to free-form dicts (env.kwargs, "
+            "env.prompt.extra, algo.loss_kwargs); agentrl-train --help lists the keys"
+        )
     obj.model.dtype = resolve_precision(obj.model)  # model.dtype=auto: bf16 or fp32 for this machine, saved as such
     return obj
 
@@ -255,6 +266,8 @@ def validate_config(cfg: Config, *, resources: bool = True) -> None:
         problems += check_run_dir(Path(cfg.trainer.run_dir), cfg.trainer.resume, cfg.trainer.overwrite)
     if cfg.trainer.resume not in ("never", "auto") and not Path(cfg.trainer.resume).exists():
         problems.append(f"trainer.resume={cfg.trainer.resume!r} is neither 'never', 'auto' nor an existing checkpoint")
+    if not 0 <= cfg.trainer.seed < 2**32:  # numpy's and torch's seeding take [0, 2**32)
+        problems.append(f"trainer.seed must be in [0, 2**32), got {cfg.trainer.seed}")
     for name in ("iterations", "checkpoint_every", "eval_every", "keep_checkpoints"):
         if getattr(cfg.trainer, name) < 1:
             problems.append(f"trainer.{name} must be >= 1, got {getattr(cfg.trainer, name)}")

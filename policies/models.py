@@ -255,6 +255,13 @@ def cpu_has_native_bf16() -> bool:
 def check_model_spec(spec: ModelSpec) -> list[str]:
     """Problems with a model spec that can be found without loading weights."""
     problems = check_model_name(spec.name)
+    if spec.name in TINY_NAMES and (spec.hidden_size < TINY_HEADS or spec.hidden_size % (2 * TINY_HEADS)):
+        problems.append(  # rotary embeddings need an even head size
+            f"model.hidden_size={spec.hidden_size}: a tiny model has {TINY_HEADS} heads of even size, so its width "
+            f"must be a positive multiple of {2 * TINY_HEADS} (e.g. 64)"
+        )
+    if spec.name in TINY_NAMES and spec.num_layers < 1:
+        problems.append(f"model.num_layers must be >= 1, got {spec.num_layers}")
     missing = vllm_missing() if spec.backend == Backend.vllm else None
     problems += [missing] if missing else []
     if spec.lora.rank != 0:

@@ -91,6 +91,23 @@ def test_fixed_value_fields_are_rejected_when_composed():
         load_config(["algo.advantage.statistics=row"])
 
 
+def test_keys_added_with_a_plus_outside_free_form_dicts_are_refused_not_dropped():
+    """`+env.prompt.lenent=true` was accepted and silently dropped (lenient stayed unset)."""
+    with pytest.raises(ConfigError, match="unknown config keys: env.prompt.lenent \\(did you mean env.prompt.lenient"):
+        load_config(["+env.prompt.lenent=true"])
+    with pytest.raises(ConfigError, match="learner.lrr \\(did you mean learner.lr\\?\\)"):
+        load_config(["+learner.lrr=1"])
+    assert load_config(["+env.prompt.extra.style=terse"]).env.prompt.extra == {"style": "terse"}  # free-form: kept
+
+
+def test_a_seed_out_of_range_and_an_impossible_tiny_model_are_config_errors(no_weights):
+    """Both once raised raw tracebacks (numpy's seeding; a rotary embedding of odd head size) after weights load."""
+    cfg = load_config(["trainer.seed=4294967296", "model.hidden_size=30"])
+    with pytest.raises(ConfigError) as err:
+        validate_config(cfg)
+    assert "trainer.seed must be in [0, 2**32)" in str(err.value) and "model.hidden_size=30" in str(err.value)
+
+
 def test_unknown_env_argument_is_a_config_error(no_weights):
     cfg = load_config(["env=math", "+env.kwargs.data_pth=x.jsonl"])
     with pytest.raises(ConfigError, match="takes no argument 'data_pth'.*did you mean 'data_path'"):
