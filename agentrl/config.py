@@ -15,6 +15,7 @@ import importlib.util
 import inspect
 import json
 import os
+import traceback
 from dataclasses import MISSING, asdict, dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -217,17 +218,30 @@ def load_run_config(run_dir: Path) -> Config:
     return cfg
 
 
+def import_modules(modules: list[str], flag: str) -> list[str]:
+    """Import the user's modules (they register envs); the problems, naming the module and why (not a traceback)."""
+    problems = []
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as err:
+            problems.append(f"{flag}: cannot import {module!r} ({err}); is its folder on PYTHONPATH?")
+        except Exception as err:  # the module itself failed while it ran
+            where = traceback.extract_tb(err.__traceback__)[-1]
+            problems.append(
+                f"{flag}: importing {module!r} raised {type(err).__name__}: {err} "
+                f"({Path(where.filename).name}, line {where.lineno})"
+            )
+    return problems
+
+
 def validate_config(cfg: Config, *, resources: bool = True) -> None:
     """Check every name and number that can be checked without loading weights; report all problems at once.
 
     `resources=False` skips what depends on this machine (model weights present or downloadable, devices, data
     and panel files, run_dir): for checking a GPU or paper config on a machine that will not run it."""
     problems: list[str] = []
-    for module in cfg.env.imports:
-        try:
-            importlib.import_module(module)
-        except ImportError as err:
-            problems.append(f"env.imports: cannot import {module!r} ({err}); is its folder on PYTHONPATH?")
+    problems += import_modules(cfg.env.imports, "env.imports")
     env_problems = envs.check_env_id(cfg.env.id)
     problems += env_problems
     if not env_problems:

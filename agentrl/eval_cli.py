@@ -18,9 +18,9 @@ the newest good one, and results go under the run (<run>/evals/<time>/) unless -
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import math
+import pickle
 import time
 import warnings
 from dataclasses import asdict, replace
@@ -31,7 +31,7 @@ from safetensors import SafetensorError
 
 from agentrl import envs
 from agentrl.checkpoint import CKPT_RE, MANIFEST, CorruptCheckpoint, usable_checkpoints, verify_checkpoint
-from agentrl.config import load_run_config
+from agentrl.config import import_modules, load_run_config
 from agentrl.envs.agents import SCRIPTED_AGENTS, run_panel
 from agentrl.envs.pool import EnvPool, env_factory
 from agentrl.errors import ConfigError
@@ -108,7 +108,7 @@ def load_first(models: list[str]) -> tuple[Any, Any, str]:
         try:
             model, tok = load_model(ModelSpec(name=name, device="auto"))
             return model, tok, name
-        except (OSError, RuntimeError, ValueError, SafetensorError) as err:
+        except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError, SafetensorError) as err:
             reasons.append(f"{name}: {type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}")
             if len(models) > 1:
                 warnings.warn(f"skipping a checkpoint that does not load: {reasons[-1]}", stacklevel=2)
@@ -118,11 +118,7 @@ def load_first(models: list[str]) -> tuple[Any, Any, str]:
 def resolve(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
     """The evaluation settings and every problem with them (all at once; nothing loaded yet)."""
     problems: list[str] = []
-    for module in args.imports:
-        try:
-            importlib.import_module(module)
-        except ImportError as err:
-            problems.append(f"--imports: cannot import {module!r} ({err}); is its folder on PYTHONPATH?")
+    problems += import_modules(args.imports, "--imports")
     s: dict[str, Any] = {
         "rollout": RolloutConfig(),
         "prompt_format": None,

@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import socket
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -74,12 +75,47 @@ def writable_location(path: Path) -> bool:
     return parent.is_dir() and os.access(parent, os.W_OK | os.X_OK)
 
 
+def _can_write_in(folder: Path) -> bool:
+    """A file can really be created in `folder` (os.access says yes to root everywhere, /proc included)."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
+
+
+RUN_FOLDERS = ("checkpoints", "eval", "tensorboard")  # what a run writes into, besides its files
+RUN_FILES = ("metrics.jsonl", "config.yaml")
+
+
+def run_dir_entry_problems(run_dir: Path) -> list[str]:
+    """What in an existing run directory the run could not write (found before weights load, not after an
+    iteration of training): a folder it writes into that is a file or refuses files, a log that is not a file."""
+    problems = []
+    for name in RUN_FOLDERS:
+        entry = run_dir / name
+        if entry.exists() and not (entry.is_dir() and _can_write_in(entry)):
+            problems.append(f"{entry} is not a writable folder; fix or remove it")
+    for name in RUN_FILES:
+        entry = run_dir / name
+        if entry.exists() or entry.is_symlink():
+            try:
+                with entry.open("a"):
+                    pass
+            except OSError as err:
+                problems.append(f"{entry} cannot be written ({type(err).__name__}: {err.strerror}); fix or remove it")
+    return problems
+
+
 def check_run_dir(run_dir: Path, resume: str, overwrite: bool) -> list[str]:
-    """Problems found before any weights load: an unwritable location, or a fresh run over an existing one."""
+    """Problems found before any weights load: an unwritable location (or an entry in it the run writes to), or a
+    fresh run over an existing one."""
     problems = []
     parent = nearest_existing(run_dir)
-    if not writable_location(run_dir):
+    if not (writable_location(run_dir) and _can_write_in(parent)):
         problems.append(f"trainer.run_dir={str(run_dir)!r}: {parent} is not a writable folder; choose another run_dir")
+    elif run_dir.is_dir() and (bad := run_dir_entry_problems(run_dir)):
+        problems += [f"trainer.run_dir: {problem}" for problem in bad]
     elif resume == "never" and not overwrite and (found := holds_run(run_dir)):
         problems.append(
             f"trainer.run_dir={str(run_dir)!r} already holds a run ({', '.join(found)}); continue it with "

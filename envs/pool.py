@@ -163,11 +163,11 @@ class SlotEnvs:
         return result
 
     def close(self) -> None:
-        for env in self.envs.values():
+        for slot, env in self.envs.items():
             try:
                 env.close()
-            except Exception:  # closing is best effort; the process is going away
-                traceback.print_exc()
+            except Exception as err:  # closing is best effort: say what failed, in one line, and close the rest
+                warnings.warn(f"env of slot {slot}: close() raised {type(err).__name__}: {err}"[:500], stacklevel=2)
         self.envs.clear()
 
 

@@ -12,6 +12,13 @@ from agentrl.envs.base import TextEnv, empty_info
 
 
 class FaultyEnv(TextEnv):
+    def __init__(self, close_raises: bool = False) -> None:
+        super().__init__()
+        self.close_raises = close_raises
+
+    def close(self) -> None:
+        if self.close_raises:
+            raise RuntimeError("close failed")
     @property
     def num_instances(self) -> int:
         return 4

@@ -108,6 +108,27 @@ def test_a_seed_out_of_range_and_an_impossible_tiny_model_are_config_errors(no_w
     assert "trainer.seed must be in [0, 2**32)" in str(err.value) and "model.hidden_size=30" in str(err.value)
 
 
+def test_run_dir_problems_and_a_failing_env_import_are_found_before_weights_load(no_weights, tmp_path, monkeypatch):
+    """Each raised a raw traceback, the checkpoint folder only after an iteration of training: a run dir under
+    /proc, `checkpoints` that is not a writable folder, a metrics.jsonl that is a folder, an env.imports module that
+    raises while it runs (which module, and why)."""
+    (tmp_path / "broken_env_module.py").write_text("x = 1\nraise RuntimeError('no licence file')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "checkpoints").write_text("not a folder")
+    (run / "metrics.jsonl").mkdir()
+    cfg = load_config([f"trainer.run_dir={run}", "trainer.resume=auto", "env.imports=[broken_env_module]"])
+    with pytest.raises(ConfigError) as err:
+        validate_config(cfg)
+    message = str(err.value)
+    assert "importing 'broken_env_module' raised RuntimeError: no licence file (broken_env_module.py, line 2)" in message
+    assert f"{run / 'checkpoints'} is not a writable folder" in message
+    assert f"{run / 'metrics.jsonl'} cannot be written (IsADirectoryError" in message
+    with pytest.raises(ConfigError, match="/proc is not a writable folder"):
+        validate_config(load_config(["trainer.run_dir=/proc/agentrl-run"]))
+
+
 def test_unknown_env_argument_is_a_config_error(no_weights):
     cfg = load_config(["env=math", "+env.kwargs.data_pth=x.jsonl"])
     with pytest.raises(ConfigError, match="takes no argument 'data_pth'.*did you mean 'data_path'"):

@@ -262,3 +262,10 @@ def test_in_process_envs_are_guarded_against_hangs_and_os_exit():
         again = p.reset([(0, 0, None), (1, 0, None)])
         assert all(r.error is None for r in again)
         assert [r.observation for r in p.step([(0, "a"), (1, "b")])] == ["echo a", "echo b"]
+
+
+def test_an_env_whose_close_raises_is_one_warning_not_a_traceback():
+    p = EnvPool(functools.partial(FaultyEnv, close_raises=True), num_workers=0, timeout_s=5)
+    p.reset([(0, 0, None), (1, 0, None)])
+    with pytest.warns(UserWarning, match="env of slot 0: close\\(\\) raised RuntimeError: close failed"):
+        p.close()
