@@ -98,7 +98,7 @@ def _env_side(cfg: Config, pools: list[EnvPool]) -> tuple[TaskSampler, list[Pane
     """The task sampler and the panels, read from envs made in this process (env problems surface here); the
     training pool and one pool per eval set are appended to `pools`."""
     workers, timeout, guards = cfg.rollout.num_workers, cfg.rollout.env_timeout_s, cfg.rollout.pool_options()
-    probe = envs.probe_env(cfg.env.id, cfg.env.kwargs)
+    probe = envs.probe_env(cfg.env.id, cfg.env.kwargs, cfg.rollout.env_timeout_s)
     sampler = TaskSampler(getattr(probe.unwrapped, "num_instances", None), cfg.trainer.seed)
     probe.close()
     limit = {"max_episode_steps": cfg.rollout.max_turns}  # the one step limit: Gymnasium's TimeLimit
@@ -106,7 +106,7 @@ def _env_side(cfg: Config, pools: list[EnvPool]) -> tuple[TaskSampler, list[Pane
     panels = []
     for eval_set in cfg.env.eval_sets:
         kwargs = {**cfg.env.kwargs, **eval_set.kwargs}
-        probe = envs.probe_env(cfg.env.id, kwargs)
+        probe = envs.probe_env(cfg.env.id, kwargs, cfg.rollout.env_timeout_s)
         panels.append(
             Panel(eval_set.name, *panel_for(cfg.env.id, kwargs, probe, cfg.env.eval_instances, eval_set.panel))
         )

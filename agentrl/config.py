@@ -16,6 +16,7 @@ import inspect
 import json
 import os
 import traceback
+import warnings
 from dataclasses import MISSING, asdict, dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ import torch
 import agentrl.configs
 from agentrl import distributed, envs
 from agentrl.algo import AlgoConfig
+from agentrl.envs.pool import EnvInterrupted, guarded
 from agentrl.envs.prompting import PromptFormat, constrained_problems
 from agentrl.errors import ConfigError
 from agentrl.evaluation import panel_for
@@ -350,19 +352,29 @@ def check_env_data(cfg: Config) -> list[str]:
     problems = []
     sets = [("env.kwargs", cfg.env.kwargs, None)]
     sets += [(f"env.eval_sets[{s.name}]", {**cfg.env.kwargs, **s.kwargs}, s) for s in cfg.env.eval_sets]
+    limit = cfg.rollout.env_timeout_s  # a constructor or close() that hangs (a FIFO as data file) is a problem
     for where, kwargs, eval_set in sets:
         try:
-            probe = envs.make_env(cfg.env.id, **kwargs)
-        except Exception as err:  # reported as a config problem: the env's own message, never swallowed
+            with guarded(limit):
+                probe = envs.make_env(cfg.env.id, **kwargs)
+        except (Exception, EnvInterrupted) as err:  # a config problem: the env's own message, never swallowed
             problems.append(f"{where}: {cfg.env.id} cannot be made with {kwargs}: {type(err).__name__}: {err}")
             continue
         try:
-            if eval_set is not None:
-                panel_for(cfg.env.id, kwargs, probe, cfg.env.eval_instances, eval_set.panel)
+            with guarded(limit):
+                if eval_set is not None:
+                    panel_for(cfg.env.id, kwargs, probe, cfg.env.eval_instances, eval_set.panel)
         except (OSError, ValueError) as err:
             problems.append(f"{where}.panel: {err}")
-        finally:
-            probe.close()
+        except EnvInterrupted as err:
+            problems.append(f"{where}: reading {cfg.env.id}'s panel {err}")
+        try:
+            with guarded(limit):
+                probe.close()
+        except EnvInterrupted as err:
+            problems.append(f"{where}: {cfg.env.id}'s close() {err}")
+        except Exception as err:  # a close() that raises is the env's bug, not a reason to refuse the run: said once
+            warnings.warn(f"{cfg.env.id}: close() raised {type(err).__name__}: {err}"[:500], stacklevel=2)
     return problems
 
 

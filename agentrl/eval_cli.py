@@ -33,7 +33,7 @@ from agentrl import envs
 from agentrl.checkpoint import CKPT_RE, MANIFEST, CorruptCheckpoint, usable_checkpoints, verify_checkpoint
 from agentrl.config import import_modules, load_run_config
 from agentrl.envs.agents import SCRIPTED_AGENTS, run_panel
-from agentrl.envs.pool import EnvPool, env_factory
+from agentrl.envs.pool import EnvInterrupted, EnvPool, env_factory, guarded
 from agentrl.errors import ConfigError
 from agentrl.evaluation import evaluate_rollout, markdown, panel_for, seeds_table
 from agentrl.policies.backends import make_policy
@@ -70,6 +70,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--max-new-tokens", type=int, help="reply length limit (default: run's, else 512)")
     ap.add_argument("--max-turns", type=int, help="turn limit (default: run's eval_max_turns, else 50)")
     ap.add_argument("--workers", type=int, default=2, help="env worker processes (0: in-process)")
+    ap.add_argument(
+        "--env-timeout", type=float, help="seconds an env call may take (default: the run's env_timeout_s, else 60)"
+    )
     ap.add_argument(
         "--out",
         help="folder for eval.json and eval.md, checked first (default with --run: <run>/evals/<time>; else required)",
@@ -146,6 +149,7 @@ def resolve(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
         "eval_temperature": args.temperature,
         "max_new_tokens": args.max_new_tokens,
         "eval_max_turns": args.max_turns,
+        "env_timeout_s": args.env_timeout,
     }
     rollout = replace(s["rollout"], num_workers=args.workers, **{k: v for k, v in overrides.items() if v is not None})
     if args.run is None and args.temperature is None:
@@ -229,9 +233,10 @@ def main(argv: list[str] | None = None) -> None:
         try:
             # a prompt format named by a run's config loads only from agentrl or from modules the user imported
             fmt = envs.make_prompt_format(env_id, s["prompt_format"], import_modules=args.run is None, **s["prompt"])
-            probe = envs.make_env(env_id, max_episode_steps=max_turns, **env_kwargs)
-            indices, panel_hash = panel_for(env_id, env_kwargs, probe, s["instances"], s["panel"])
-        except (ConfigError, OSError, TypeError, ValueError) as err:
+            probe = envs.probe_env(env_id, {"max_episode_steps": max_turns, **env_kwargs}, rollout.env_timeout_s)
+            with guarded(rollout.env_timeout_s):
+                indices, panel_hash = panel_for(env_id, env_kwargs, probe, s["instances"], s["panel"])
+        except (ConfigError, OSError, TypeError, ValueError, EnvInterrupted) as err:
             problems.append(f"{env_id} with {env_kwargs}: {type(err).__name__}: {err}")
     if problems:
         ap.exit(2, "agentrl-eval: error: invalid arguments:\n  - " + "\n  - ".join(problems) + "\n")
@@ -239,7 +244,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.agent:
         for seed in args.seeds:
             agent = SCRIPTED_AGENTS[args.agent](seed=seed) if args.agent == "random" else SCRIPTED_AGENTS[args.agent]()
-            results.append(run_panel(probe, agent, indices, max_steps=max_turns))
+            results.append(run_panel(probe, agent, indices, max_turns, timeout_s=rollout.env_timeout_s))
     else:
         try:
             model, tok, s["model"] = load_first(s["models"])

@@ -109,10 +109,11 @@ def random_baseline(cfg: Config, panels: list[Panel]) -> dict[str, list[float]]:
     """A random-admissible agent on every panel (in this process, eval turn limit): {set: success per seed}."""
     out = {}
     for eval_set, panel in zip(cfg.env.eval_sets, panels):
-        env = envs.probe_env(cfg.env.id, {**cfg.env.kwargs, **eval_set.kwargs})
+        env = envs.probe_env(cfg.env.id, {**cfg.env.kwargs, **eval_set.kwargs}, cfg.rollout.env_timeout_s)
         seeds = range(cfg.trainer.random_baseline_seeds)
+        limit = cfg.rollout.env_timeout_s
         out[panel.name] = [
-            run_panel(env, RandomAdmissibleAgent(seed=s), panel.instances, cfg.rollout.eval_max_turns).success
+            run_panel(env, RandomAdmissibleAgent(seed=s), panel.instances, cfg.rollout.eval_max_turns, limit).success
             for s in seeds
         ]
         env.close()

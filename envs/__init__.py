@@ -75,12 +75,15 @@ def make_env(env_id: str, **kwargs: Any) -> gym.Env:
     return gym.make(env_id, disable_env_checker=True, **kwargs)
 
 
-def probe_env(env_id: str, kwargs: dict[str, Any]) -> gym.Env:
-    """An env built in this process to read its task set or play a panel; a constructor that rejects the kwargs is a
-    ConfigError."""
+def probe_env(env_id: str, kwargs: dict[str, Any], timeout_s: float = 60.0) -> gym.Env:
+    """An env built in this process to read its task set or play a panel; a constructor that rejects the kwargs, or
+    runs past `timeout_s`, is a ConfigError."""
+    from agentrl.envs.pool import EnvInterrupted, guarded  # (the pool builds its envs with make_env, from here)
+
     try:
-        return make_env(env_id, **kwargs)
-    except (TypeError, ValueError, FileNotFoundError) as err:
+        with guarded(timeout_s, "the env constructor's limit"):
+            return make_env(env_id, **kwargs)
+    except (TypeError, ValueError, FileNotFoundError, EnvInterrupted) as err:
         raise ConfigError(f"env {env_id} with kwargs {kwargs}: {err}") from None
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import random
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -9,6 +10,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import gymnasium as gym
+
+from agentrl.envs.pool import EnvInterrupted, guarded
 
 
 class ScriptedAgent(Protocol):
@@ -89,23 +92,36 @@ def summarize(outcomes: Sequence[tuple[str, bool]]) -> PanelResult:
     )
 
 
-def run_panel(env: gym.Env, agent: ScriptedAgent, instances: Sequence[int], max_steps: int = 50) -> PanelResult:
-    """Play `agent` once on each instance (in order) and report success overall and per task type."""
+def run_panel(
+    env: gym.Env, agent: ScriptedAgent, instances: Sequence[int], max_steps: int = 50, timeout_s: float | None = None
+) -> PanelResult:
+    """Play `agent` once on each instance (in order) and report success overall and per task type. `timeout_s`:
+    each reset and step under that time limit (EnvPool's in-process guard); one that runs past it, or calls
+    os._exit, loses its episode (recorded with the reason) and the panel goes on."""
+
+    def call(fn: Any, *args: Any) -> Any:
+        if timeout_s is None:
+            return fn(*args)
+        with guarded(timeout_s):
+            return fn(*args)
+
     outcomes, episodes = [], []
     for index in instances:
-        obs, info = env.reset(options={"instance": index})
-        agent.reset(obs, info)
-        won, steps, total = bool(info.get("won")), 0, 0.0
-        task_type = info.get("task_type", "")
-        while not won and steps < max_steps:
-            obs, reward, terminated, truncated, info = env.step(agent.act(obs, info))
-            steps, total, won = steps + 1, total + reward, bool(info.get("won"))
-            if terminated or truncated:
-                break
+        won, steps, total, error, task_type, info = False, 0, 0.0, None, "", {"instance": index}
+        try:
+            obs, info = call(functools.partial(env.reset, options={"instance": index}))
+            agent.reset(obs, info)
+            won, task_type = bool(info.get("won")), info.get("task_type", "")
+            while not won and steps < max_steps:
+                obs, reward, terminated, truncated, info = call(env.step, agent.act(obs, info))
+                steps, total, won = steps + 1, total + reward, bool(info.get("won"))
+                if terminated or truncated:
+                    break
+        except EnvInterrupted as stop:
+            won, error = False, f"env {stop}"
         outcomes.append((task_type, won))
-        episodes.append(
-            {"instance": info.get("instance"), "task_type": task_type, "won": won, "steps": steps, "reward": total}
-        )
+        episode = {"instance": info.get("instance"), "task_type": task_type, "won": won, "steps": steps}
+        episodes.append({**episode, "reward": total, **({"error": error} if error else {})})
     result = summarize(outcomes)
     result.episodes = episodes
     return result

@@ -97,6 +97,8 @@ def load_problems(
     file = Path(path).expanduser()
     if not file.exists():
         raise FileNotFoundError(f"math data file {file} does not exist; give a JSONL/Parquet path or data_path=null")
+    if not file.is_file():  # a FIFO or a device would block the read, a folder would fail it
+        raise ValueError(f"math data file {file} is not a regular file; give a JSONL/Parquet file")
     if file.suffix == ".parquet":
         try:
             import pandas as pd  # optional; only for Parquet

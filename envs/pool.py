@@ -99,7 +99,7 @@ class SlotEnvs:
             result = self._run(command, slot, arg)
         else:
             try:
-                with _guarded(self.guard_s):
+                with guarded(self.guard_s):
                     result = self._run(command, slot, arg)
             except EnvInterrupted as stop:  # raised after _run returned, before the guard was lifted
                 self.envs.pop(slot, None)
@@ -197,9 +197,10 @@ def capped_info(info: dict[str, Any], max_chars: int) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _guarded(seconds: float) -> Iterator[None]:
+def guarded(seconds: float, limit_name: str = "rollout.env_timeout_s") -> Iterator[None]:
     """An in-process env call under a time limit and with os._exit disarmed: past `seconds` the main thread gets
-    SIGUSR2, whose handler raises EnvInterrupted (off the main thread, no time limit: signals reach only it)."""
+    SIGUSR2, whose handler raises EnvInterrupted (off the main thread, no time limit: signals reach only it). Also
+    for the envs agentrl makes in its own process: config checks, scripted agents' panels."""
     real_exit, armed = os._exit, threading.Event()
 
     def refuse_exit(code: int) -> None:
@@ -207,7 +208,7 @@ def _guarded(seconds: float) -> Iterator[None]:
 
     def timed_out(signum: int, frame: Any) -> None:
         if armed.is_set():  # a signal that lands after the call returned is ignored
-            raise EnvInterrupted(f"ran past rollout.env_timeout_s={seconds:g}s")
+            raise EnvInterrupted(f"ran past {limit_name}={seconds:g}s")
 
     timer, previous = None, None
     if threading.current_thread() is threading.main_thread() and hasattr(signal, "pthread_kill"):

@@ -8,6 +8,8 @@ import sys
 import time
 from typing import Any
 
+import gymnasium as gym
+
 from agentrl.envs.base import TextEnv, empty_info
 
 
@@ -19,6 +21,7 @@ class FaultyEnv(TextEnv):
     def close(self) -> None:
         if self.close_raises:
             raise RuntimeError("close failed")
+
     @property
     def num_instances(self) -> int:
         return 4
@@ -63,3 +66,25 @@ class FaultyEnv(TextEnv):
             with open(path, "w") as f:
                 f.write(str(child.pid))
         return f"echo {action}", 1.0, action == "ok", False, empty_info(won=action == "ok", pid=os.getpid())
+
+
+class HangingEnv(FaultyEnv):
+    """Hangs where told: in its constructor ("init") or in every step ("step")."""
+
+    def __init__(self, hang_in: str = "step") -> None:
+        super().__init__()
+        self.hang_in = hang_in
+        if hang_in == "init":
+            time.sleep(600)
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        obs, info = super().reset(seed=seed, options=options)
+        return obs, {**info, "admissible_actions": ["wait"]}
+
+    def step(self, action: str):
+        time.sleep(600)
+        return super().step(action)
+
+
+if "test/Hanging-v0" not in gym.registry:
+    gym.register("test/Hanging-v0", entry_point="tests.faulty_env:HangingEnv")

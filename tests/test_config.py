@@ -3,6 +3,7 @@ Gymnasium's registry is the only registry, and the wheel ships one top-level pac
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -122,11 +123,40 @@ def test_run_dir_problems_and_a_failing_env_import_are_found_before_weights_load
     with pytest.raises(ConfigError) as err:
         validate_config(cfg)
     message = str(err.value)
-    assert "importing 'broken_env_module' raised RuntimeError: no licence file (broken_env_module.py, line 2)" in message
+    assert (
+        "importing 'broken_env_module' raised RuntimeError: no licence file (broken_env_module.py, line 2)" in message
+    )
     assert f"{run / 'checkpoints'} is not a writable folder" in message
     assert f"{run / 'metrics.jsonl'} cannot be written (IsADirectoryError" in message
     with pytest.raises(ConfigError, match="/proc is not a writable folder"):
         validate_config(load_config(["trainer.run_dir=/proc/agentrl-run"]))
+
+
+def test_hangs_in_config_checks_and_scripted_evaluation_end_at_the_env_time_limit(no_weights, tmp_path):
+    """An env whose constructor hangs, a FIFO given as a data file, and agentrl-eval --agent random on an env whose
+    step hangs each hung for good: each now ends at rollout.env_timeout_s (or is refused at once) with a message."""
+    import os
+    import time
+
+    import tests.faulty_env  # noqa: F401  (registers test/Hanging-v0)
+    from agentrl import eval_cli
+
+    started = time.monotonic()
+    cfg = load_config(["env.id=test/Hanging-v0", "+env.kwargs.hang_in=init", "rollout.env_timeout_s=1"])
+    with pytest.raises(ConfigError, match="ran past rollout.env_timeout_s=1s"):
+        validate_config(cfg)
+    fifo = tmp_path / "problems.jsonl"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError, match="is not a regular file"):
+        validate_config(load_config(["env=math", f"+env.kwargs.data_path={fifo}"]))
+    eval_cli.main(
+        ["--env", "test/Hanging-v0", "--agent", "random", "--instances", "2", "--out", str(tmp_path / "out")]
+        + ["--imports", "tests.faulty_env", "--workers", "0", "--env-timeout", "1"]
+    )
+    report = json.loads((tmp_path / "out" / "eval.json").read_text())
+    assert report["per_seed"][0]["success"] == 0.0
+    assert [e["error"] for e in report["per_seed"][0]["episodes"]] == ["env ran past rollout.env_timeout_s=1s"] * 2
+    assert time.monotonic() - started < 60  # three hangs of 600 s each, before
 
 
 def test_unknown_env_argument_is_a_config_error(no_weights):
