@@ -178,6 +178,30 @@ def check_finite_weights(model: torch.nn.Module, iteration: int, cfg: Config, ru
         )
 
 
+class SamplerNotPolicy(RuntimeError):
+    """The sampler's log-probs drifted from the learner's past learner.mismatch.stop_kl; the run stops unsaved."""
+
+
+def check_sampler(row: dict[str, Any], cfg: Config, iteration: int, run_dir: Path) -> None:
+    """Warn when mismatch/kl (the sampler's log-probs against the learner's, on the tokens sampled) says the sampler
+    is not the policy — weights changed in the engine after a sync, a different dtype or kernel — and stop the run
+    before it saves when it passes learner.mismatch.stop_kl. The vLLM canary only checks right after a sync."""
+    kl, limits = row.get("mismatch/kl"), cfg.learner.mismatch
+    if kl is None or not kl > limits.warn_kl:
+        return
+    what = (
+        f"iteration {iteration}: mismatch/kl = {kl:.4g} — the sampler does not score as the learner (a stale or "
+        f"changed engine, another dtype); checked against learner.mismatch"
+    )
+    if limits.stop_kl > 0 and kl > limits.stop_kl:
+        last = list_checkpoints(run_dir)
+        raise SamplerNotPolicy(
+            f"{what}.stop_kl={limits.stop_kl}: stopped, nothing saved from this iteration"
+            + (f"; resume from {last[-1]} with trainer.resume=auto" if last else "")
+        )
+    warnings.warn(f"{what}.warn_kl={limits.warn_kl}", stacklevel=2)
+
+
 _INTERRUPTED = threading.Event()
 _STOPPED_BY = [int(signal.SIGINT)]  # the signal that stopped the run: exit code 128 + it (130 Ctrl-C, 143 SIGTERM)
 

@@ -21,6 +21,7 @@ import warnings
 from pathlib import Path
 
 from agentrl.errors import ConfigError
+from agentrl.processes import process_alive
 
 LOCK_NAME = ".lock"
 RUNS_ROOT = Path("runs")
@@ -142,24 +143,6 @@ def _as_pid(value: object) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else -1
 
 
-def _alive(pid: int) -> bool:
-    """Whether process `pid` runs (a zombie, killed but not yet reaped by its parent, does not: a torchrun rank
-    killed with its launcher stays one until init reaps it)."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True  # no /proc (macOS): signal 0 is all we know
-    return state != "Z"
-
-
 class RunLock:
     """One training process per run directory: an exclusive flock on `.lock` (the kernel drops it when its process
     dies, however it dies, so a dead run's lock is taken over and two processes can never both take it), holding the
@@ -189,7 +172,7 @@ class RunLock:
                 continue
             holder = self._holder()
             if holder and holder.get("host") == me["host"] and holder.get("pid") != me["pid"]:
-                if _alive(_as_pid(holder.get("pid"))):
+                if process_alive(_as_pid(holder.get("pid"))):
                     os.close(fd)
                     self._refuse(holder, me)
                 warnings.warn(
@@ -202,7 +185,7 @@ class RunLock:
         raise ConfigError(f"could not lock {self.path.parent}: {self.path} keeps being replaced")
 
     def _refuse(self, holder: dict | None, me: dict) -> None:
-        alive = holder and (holder.get("host") != me["host"] or _alive(_as_pid(holder.get("pid"))))
+        alive = holder and (holder.get("host") != me["host"] or process_alive(_as_pid(holder.get("pid"))))
         who = f"process {holder.get('pid')} on {holder.get('host')}" if holder and alive else "another process"
         raise ConfigError(
             f"{self.path.parent} is in use by {who}; wait for it to finish, or use another trainer.run_dir "

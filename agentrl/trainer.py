@@ -36,6 +36,7 @@ from agentrl.lifecycle import (
     Candidates,
     TrainingDiverged,
     check_finite_weights,
+    check_sampler,
     restore,
     session,
     stop_if_interrupted,
@@ -94,6 +95,7 @@ def _train(cfg: Config, run_dir: Path, candidates: Candidates) -> dict[str, Any]
             if log:
                 log.write(row)
             say(console_line(row), flush=True)
+            check_sampler(row, cfg, it + 1, run_dir)
             if _due(it + 1, cfg.trainer.eval_every, cfg):
                 evals["after"] = _evaluate(c, it + 1, log, run_dir, progress)
             if _due(it + 1, cfg.trainer.checkpoint_every, cfg):

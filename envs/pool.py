@@ -25,7 +25,6 @@ hard crash of the interpreter (a segfault) or a hang in C code, and cleanup of p
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import functools
 import math
 import multiprocessing as mp
@@ -43,6 +42,7 @@ from typing import Any
 import gymnasium as gym
 
 from agentrl.envs import make_env
+from agentrl.processes import PR_SET_CHILD_SUBREAPER, PR_SET_PDEATHSIG, kill_tree, prctl
 
 EnvFactory = Callable[[], gym.Env]
 
@@ -230,61 +230,16 @@ def guarded(seconds: float, limit_name: str = "rollout.env_timeout_s") -> Iterat
             signal.signal(signal.SIGUSR2, previous)
 
 
-def descendants(pid: int) -> list[int]:
-    """Every live descendant of `pid`, from /proc (Linux; elsewhere none)."""
-    children: dict[int, list[int]] = {}
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return []
-    for entry in entries:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                parent = int(f.read().rsplit(")", 1)[1].split()[1])  # after the command name: state, ppid, …
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(parent, []).append(int(entry))
-    out, todo = [], list(children.get(pid, []))
-    while todo:
-        child = todo.pop()
-        out.append(child)
-        todo.extend(children.get(child, []))
-    return out
-
-
-def _kill_tree(pid: int, group: int | None) -> None:
-    """SIGKILL the process group `group` and every descendant of `pid` (setsid'd ones included), not `pid`."""
-    for target in descendants(pid):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(target, signal.SIGKILL)
-    if group is not None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(group, signal.SIGKILL)
-
-
-PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER = 1, 36
-
-
-def _prctl(option: int, value: int) -> None:
-    """Linux's prctl; elsewhere nothing (the watchdog thread of _die_with_parent still holds)."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(option, value)
-    except (OSError, AttributeError):
-        pass
-
-
 def _die_with_parent(parent: int) -> None:
     """This process ends, taking its whole tree with it, when `parent` dies, however it dies (SIGKILL included):
     Linux's parent-death signal (SIGTERM, handled here) and, everywhere, a thread watching the parent."""
 
     def end(signum: int = 0, frame: Any = None) -> None:
-        _kill_tree(os.getpid(), None)
+        kill_tree(os.getpid(), None)
         os._exit(0)
 
     signal.signal(signal.SIGTERM, end)
-    _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
     def watch() -> None:
         while os.getppid() == parent:
@@ -301,9 +256,9 @@ def _keep(worker: int, parent: int) -> None:
     (a process an env spawned, even with setsid or a double fork, stays in it), and when the worker exits or crashes
     it kills what is left of the tree and exits with the worker's code. Never returns."""
     _die_with_parent(parent)
-    _prctl(PR_SET_CHILD_SUBREAPER, 1)
+    prctl(PR_SET_CHILD_SUBREAPER, 1)
     _, status = os.waitpid(worker, 0)
-    _kill_tree(os.getpid(), None)
+    kill_tree(os.getpid(), None)
     with contextlib.suppress(ChildProcessError):
         while os.waitpid(-1, 0)[0]:  # reap the orphans just killed
             pass
@@ -350,7 +305,7 @@ def _worker_main(conn: Any, factory: EnvFactory, max_observation_chars: int, mem
         pass
     finally:
         slots.close()
-        _kill_tree(os.getpid(), None)  # processes the envs left behind, setsid'd ones included
+        kill_tree(os.getpid(), None)  # processes the envs left behind, setsid'd ones included
 
 
 class _Worker:
@@ -366,7 +321,7 @@ class _Worker:
 
     def kill(self) -> None:
         """Kill the worker, every process in its group and every descendant (what its envs spawned)."""
-        _kill_tree(self.process.pid, self.process.pid)
+        kill_tree(self.process.pid, self.process.pid)
         if self.process.is_alive():
             self.process.kill()
         self.process.join(timeout=5)

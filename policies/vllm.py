@@ -26,9 +26,11 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -44,6 +46,7 @@ from agentrl.policies.base import (
     request_seeds,
 )
 from agentrl.policies.lora import merged_state
+from agentrl.processes import process_alive
 from agentrl.types import option
 
 # the canary's default tolerance on the mean |Δ log-prob| over the probe tokens, by engine dtype: fp32 engines agree
@@ -130,6 +133,20 @@ def engine_dtype(spec: VllmSpec, precision: str) -> str:
     return "bfloat16" if precision == "bf16" else "float32"
 
 
+ENGINE_FOLDER_PREFIX = "agentrl-vllm-"  # + the owning process's pid: the engine's config and tokenizer
+
+
+def remove_stale_engine_folders(root: str | None = None) -> list[str]:
+    """Remove the engine folders (in the temporary folder) of processes that no longer run; the ones removed."""
+    removed = []
+    for folder in Path(root or tempfile.gettempdir()).glob(f"{ENGINE_FOLDER_PREFIX}*"):
+        pid = folder.name[len(ENGINE_FOLDER_PREFIX) :].split("-", 1)[0]
+        if folder.is_dir() and pid.isdigit() and int(pid) != os.getpid() and not process_alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(str(folder))
+    return removed
+
+
 class VLLMPolicy:
     """The `Policy` protocol over an in-process vLLM engine; `learner_model` is the learner's model (the source of
     every sync and the other side of the canary), or with `source` a copy of it that each sync first refreshes
@@ -171,7 +188,10 @@ class VLLMPolicy:
         config = getattr(learner_model, "config", None)
         if config is None:
             raise ValueError("the learner's model has no Hugging Face config to build the engine from")
-        self._folder: tempfile.TemporaryDirectory | None = tempfile.TemporaryDirectory(prefix="agentrl-vllm-")
+        remove_stale_engine_folders()  # those of engines whose process was killed (SIGKILL skips close())
+        self._folder: tempfile.TemporaryDirectory | None = tempfile.TemporaryDirectory(
+            prefix=f"{ENGINE_FOLDER_PREFIX}{os.getpid()}-"
+        )
         config.save_pretrained(self._folder.name)
         tokenizer.save_pretrained(self._folder.name)
         from vllm import LLM

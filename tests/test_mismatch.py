@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import os
 
 import pytest
 import torch
@@ -217,3 +218,41 @@ def test_transformers_backend_with_the_correction_on_keeps_and_compares_the_samp
     assert len(rows) == 2
     for row in rows:
         assert row["mismatch/max_abs"] < 1e-4 and row["mismatch/is_clip_frac"] == 0.0, row
+
+
+def test_a_sampler_that_is_not_the_policy_warns_and_past_stop_kl_stops_the_run(tmp_path):
+    """Weights changed in a vLLM engine after its sync went unnoticed (rc 0; the canary only runs right after a sync):
+    only mismatch/kl rose (0.06 against 0.0). Now it warns above learner.mismatch.warn_kl and stops the run, unsaved,
+    above learner.mismatch.stop_kl."""
+    import warnings
+
+    from agentrl.config import load_config
+    from agentrl.lifecycle import SamplerNotPolicy, check_sampler
+
+    cfg = load_config(["learner.mismatch.stop_kl=0.1"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_sampler({"mismatch/kl": 0.001}, cfg, 3, tmp_path)  # within bf16 noise: quiet
+        check_sampler({}, cfg, 3, tmp_path)  # no sampler log-probs: nothing to check
+    with pytest.warns(UserWarning, match="iteration 3: mismatch/kl = 0.06 .*warn_kl=0.02"):
+        check_sampler({"mismatch/kl": 0.06}, cfg, 3, tmp_path)
+    with pytest.raises(SamplerNotPolicy, match="stop_kl=0.1: stopped, nothing saved"):
+        check_sampler({"mismatch/kl": 0.5}, cfg, 3, tmp_path)
+
+
+def test_engine_folders_of_killed_processes_are_removed_on_the_next_start(tmp_path):
+    """SIGKILL skips close(), which removed the engine's temporary folder (config, tokenizer)."""
+    import subprocess
+    import sys
+
+    from agentrl.policies.vllm import ENGINE_FOLDER_PREFIX, remove_stale_engine_folders
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f"{ENGINE_FOLDER_PREFIX}{dead.pid}-abc"
+    live = tmp_path / f"{ENGINE_FOLDER_PREFIX}{os.getppid()}-def"  # a running process's (pytest's parent)
+    for folder in (stale, live):
+        folder.mkdir()
+        (folder / "config.json").write_text("{}")
+    assert remove_stale_engine_folders(str(tmp_path)) == [str(stale)]
+    assert not stale.exists() and live.exists()

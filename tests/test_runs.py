@@ -311,7 +311,7 @@ def test_resumed_tensorboard_log_has_no_duplicated_steps(tmp_path):
 def test_ctrl_c_stops_cleanly_with_the_resume_command(tmp_path, signum):
     """Ctrl-C, and SIGTERM the same way (a scheduler's stop: it once left every env worker running): exit code 128 +
     the signal, the resume command, the lock released, and no env worker (or its keeper) left behind."""
-    from agentrl.envs.pool import descendants
+    from agentrl.processes import descendants
 
     cmd = [sys.executable, "-m", "agentrl.trainer", "experiment=cuebandit", f"trainer.run_dir={tmp_path}"]
     cmd.append("rollout.num_workers=1")

@@ -39,6 +39,10 @@ class MismatchConfig:
 
     correction: Correction = option(Correction.auto, "auto (off for transformers, tis for vLLM) | off | tis | seq_mask")
     cap: float = option(2.0, "C: the tis truncation, and the seq_mask band [1/C, C]")
+    warn_kl: float = option(
+        0.02, "mismatch/kl above this warns: the sampler is not scoring as the policy (a stale engine?)", resume=True
+    )
+    stop_kl: float = option(0.0, "mismatch/kl above this stops the run before it saves (0: never)", resume=True)
 
     def resolve(self, sampler_matches_learner: bool) -> Correction:
         """The correction to apply: `auto` is off when the sampler scores exactly as the learner does (the backend
@@ -48,9 +52,13 @@ class MismatchConfig:
         return Correction.off if sampler_matches_learner else Correction.tis
 
     def validate(self) -> list[str]:
+        problems = []
         if not (math.isfinite(self.cap) and self.cap > 1.0):
-            return [f"learner.mismatch.cap must be a finite number > 1, got {self.cap}"]
-        return []
+            problems.append(f"learner.mismatch.cap must be a finite number > 1, got {self.cap}")
+        for name in ("warn_kl", "stop_kl"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                problems.append(f"learner.mismatch.{name} must be a finite number >= 0, got {getattr(self, name)}")
+        return problems
 
 
 def mismatch_weights(
