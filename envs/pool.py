@@ -196,38 +196,83 @@ def capped_info(info: dict[str, Any], max_chars: int) -> dict[str, Any]:
     return out
 
 
+class _Watchdog:
+    """One thread that sends SIGUSR2 to the main thread when an armed deadline passes (a thread per call cost
+    ~270 µs; arming this one costs a few)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._deadline: float | None = None
+        self._thread: threading.Thread | None = None
+
+    def arm(self, seconds: float) -> None:
+        with self._cond:
+            if self._thread is None or not self._thread.is_alive():  # (a forked child has no thread: start one)
+                self._thread = threading.Thread(target=self._watch, name="agentrl-env-watchdog", daemon=True)
+                self._thread.start()
+            self._deadline = time.monotonic() + seconds
+            self._cond.notify()
+
+    def disarm(self) -> None:
+        with self._cond:
+            self._deadline = None
+
+    def _watch(self) -> None:
+        main = threading.main_thread().ident
+        with self._cond:
+            while True:
+                if self._deadline is None:
+                    self._cond.wait()
+                elif time.monotonic() >= self._deadline:
+                    self._deadline = None
+                    signal.pthread_kill(main, signal.SIGUSR2)
+                else:
+                    self._cond.wait(self._deadline - time.monotonic())
+
+
+_WATCHDOG = _Watchdog()
+
+
+_GUARD: dict[str, Any] = {"message": None, "previous": None}  # the armed guard's message; SIGUSR2's prior handler
+
+
+def _on_sigusr2(signum: int, frame: Any) -> None:
+    """Installed once and kept: a signal that lands after the guarded call returned finds no message and is passed
+    to the handler that was there before (restoring the default could kill the process on a late signal)."""
+    message = _GUARD["message"]
+    if message is not None:
+        raise EnvInterrupted(message)
+    if callable(_GUARD["previous"]):
+        _GUARD["previous"](signum, frame)
+
+
 @contextlib.contextmanager
 def guarded(seconds: float, limit_name: str = "rollout.env_timeout_s") -> Iterator[None]:
     """An in-process env call under a time limit and with os._exit disarmed: past `seconds` the main thread gets
     SIGUSR2, whose handler raises EnvInterrupted (off the main thread, no time limit: signals reach only it). Also
     for the envs agentrl makes in its own process: config checks, scripted agents' panels."""
-    real_exit, armed = os._exit, threading.Event()
+    real_exit = os._exit
 
     def refuse_exit(code: int) -> None:
         raise EnvInterrupted(f"called os._exit({code})")
 
-    def timed_out(signum: int, frame: Any) -> None:
-        if armed.is_set():  # a signal that lands after the call returned is ignored
-            raise EnvInterrupted(f"ran past {limit_name}={seconds:g}s")
-
-    timer, previous = None, None
-    if threading.current_thread() is threading.main_thread() and hasattr(signal, "pthread_kill"):
-        previous = signal.signal(signal.SIGUSR2, timed_out)
-        timer = threading.Timer(seconds, signal.pthread_kill, (threading.main_thread().ident, signal.SIGUSR2))
-        timer.daemon = True
+    timed = threading.current_thread() is threading.main_thread() and hasattr(signal, "pthread_kill")
+    if timed and _GUARD["message"] is not None:  # inside another guard: its limit holds
+        yield
+        return
+    if timed and signal.getsignal(signal.SIGUSR2) is not _on_sigusr2:
+        _GUARD["previous"] = signal.signal(signal.SIGUSR2, _on_sigusr2)
     os._exit = refuse_exit  # type: ignore[assignment]
-    armed.set()
-    if timer is not None:
-        timer.start()
+    if timed:
+        _GUARD["message"] = f"ran past {limit_name}={seconds:g}s"
+        _WATCHDOG.arm(seconds)
     try:
         yield
     finally:
-        armed.clear()
         os._exit = real_exit
-        if timer is not None:
-            timer.cancel()
-            timer.join()
-            signal.signal(signal.SIGUSR2, previous)
+        if timed:
+            _WATCHDOG.disarm()
+            _GUARD["message"] = None
 
 
 def _die_with_parent(parent: int) -> None:

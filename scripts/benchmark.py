@@ -28,6 +28,7 @@ Results print as a table and go to --out (JSON). Timed numbers never gate CI.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import inspect
 import json
@@ -323,16 +324,23 @@ def logprob_memory(quick: bool) -> dict[str, float]:
     return out
 
 
-def alfworld_factory(**limits: Any):
-    """Twelve generated ALFWorld training games (a fresh temporary folder) as an EnvPool factory."""
+@functools.cache
+def alfworld_games() -> Path:
+    """Twelve generated ALFWorld training games in a fresh temporary folder, made once per process (~10 s)."""
     import tempfile
 
-    from agentrl.envs.pool import env_factory
     from scripts.generate_alfworld import main as generate
 
     data = Path(tempfile.mkdtemp()) / "alfworld"
     generate(["--out", str(data), "--split", "train", "--num", "12", "--seed", "5"])
-    return env_factory("agentrl/ALFWorld-v0", data_path=str(data), split="train", **limits)
+    return data
+
+
+def alfworld_factory(**limits: Any):
+    """The twelve generated games (alfworld_games) as an EnvPool factory."""
+    from agentrl.envs.pool import env_factory
+
+    return env_factory("agentrl/ALFWorld-v0", data_path=str(alfworld_games()), split="train", **limits)
 
 
 def bench_rollout(model, tok, quick: bool) -> dict[str, Any]:
