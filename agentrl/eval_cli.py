@@ -168,7 +168,9 @@ def _from_run(args: argparse.Namespace, s: dict[str, Any]) -> list[str]:
     except (OSError, ValueError) as err:
         return [f"--run {args.run}: {err}"]
     problems = []
-    untrusted = [m for m in cfg.env.imports if m not in args.imports]
+    # a hub env id ("verifiers:<module>") imports its module when the env is built: the same rule as env.imports
+    named = [*cfg.env.imports, *([] if args.env else filter(None, [envs.hub_module(cfg.env.id)]))]
+    untrusted = [m for m in named if m not in args.imports]
     if untrusted:
         problems.append(
             f"the run's env.imports names {', '.join(map(repr, untrusted))}: agentrl does not import modules named by "

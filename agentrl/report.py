@@ -24,7 +24,7 @@ from agentrl.config import Config
 from agentrl.distributed import say
 from agentrl.envs.agents import RandomAdmissibleAgent, run_panel, success_table
 from agentrl.evaluation import evaluate_rollout
-from agentrl.rollout import episode_totals, stats_from_totals, temperature_metrics
+from agentrl.rollout import env_metrics, episode_totals, stats_from_totals, temperature_metrics
 from agentrl.samples import shared_state_fraction
 from agentrl.types import Episode, Sample
 
@@ -53,6 +53,7 @@ def iteration_row(
     }
     averaged = {
         **temperature_metrics(cfg.rollout, temperatures, episodes),
+        **env_metrics(episodes),
         **c.rollout.timings.as_dict(),
         **update,
         **c.policy.stats(),

@@ -166,6 +166,10 @@ class _Live:
     info: dict[str, Any]
     history: list[HistoryItem] = field(default_factory=list)
     done: bool = False
+    # a chat env's conversation (envs/tools.py: info["messages"] at reset; None: the prompt format renders turns)
+    chat: list[dict[str, Any]] | None = None
+    tools: list[dict[str, Any]] | None = None  # its tool schemas (info["tools"] at reset)
+    said: list[dict[str, Any]] = field(default_factory=list)  # the env's messages since the model's last reply
 
 
 @dataclass
@@ -253,6 +257,8 @@ class RolloutManager:
                 temperature=temps[(slot % g) % len(temps)],
             )
             state = _Live(ep, slot, result.observation, result.info)
+            if result.info and result.info.get("messages") is not None:
+                state.chat, state.tools = list(result.info["messages"]), result.info.get("tools") or None
             if result.error:
                 self._finish(state, truncated=True, reason=f"env_error: {result.error}")
             live.append(state)
@@ -380,6 +386,8 @@ class RolloutManager:
         return state.slot, action
 
     def _prompt(self, state: _Live) -> tuple[list[int] | None, list[dict[str, str]]]:
+        if state.chat is not None:
+            return self._chat_prompt(state)
         admissible = state.info.get("admissible_actions")
         task = state.episode.task
         if self.cfg.sample_mode == "full":
@@ -400,13 +408,45 @@ class RolloutManager:
                 return ids, messages
         return None, messages
 
+    def _chat_prompt(self, state: _Live) -> tuple[list[int] | None, list[dict[str, Any]]]:
+        """A chat env's turn: the conversation so far ("full": the generated ids verbatim, then the env's messages;
+        "window": re-rendered with the replies as text, the whole conversation, as the env defines it)."""
+        turns = state.episode.turns
+        if self.cfg.sample_mode == "full" and turns:
+            last = turns[-1]
+            ids = (
+                last.prompt_ids
+                + last.completion_ids
+                + self.chat.next_turn_ids(last.completion_ids, state.said, state.tools)
+            )
+            messages = state.said
+        else:
+            messages = state.chat
+            ids = self.chat.prompt_ids(messages, state.tools)
+        return (ids if len(ids) <= self.cfg.max_prompt_tokens else None), messages
+
     def _apply(self, state: _Live, result: StepResult) -> None:
         turn = state.episode.turns[-1]
         zeroed = self.cfg.length_limited_scores_zero and turn.finish_reason == "length"
         turn.reward = 0.0 if zeroed else result.reward
         state.history.append(HistoryItem(state.observation, turn.action))
+        if state.chat is not None:  # the env's answer: its messages, else its observation as a user message
+            said = (result.info or {}).get("messages")
+            state.said = list(said) if said is not None else [{"role": "user", "content": result.observation}]
+            state.chat += [{"role": "assistant", "content": turn.completion_text}, *state.said]
         state.observation, state.info = result.observation, result.info or state.info
         state.episode.won = bool(result.info.get("won", False)) if result.info else state.episode.won
+        if result.info and isinstance(result.info.get("metrics"), dict):  # an env's named reward parts (hub envs)
+            state.episode.info["metrics"] = {
+                str(k): float(v) for k, v in result.info["metrics"].items() if isinstance(v, int | float)
+            }
+        if result.info and result.info.get("reward_error"):  # the env scored the episode 0 instead: say why
+            warnings.warn(
+                f"episode {state.episode.episode_id} ({state.episode.instance}) scored 0: {result.info['reward_error']}"[
+                    :1000
+                ],
+                stacklevel=2,
+            )
         if result.error:
             self._finish(state, truncated=True, reason=f"env_error: {result.error}")
         elif result.terminated:
@@ -436,6 +476,16 @@ def episode_totals(episodes: list[Episode]) -> dict[str, float]:
         "env_errors": float(sum(e.truncation_reason.startswith("env_error") for e in episodes)),
         "length_limited": float(sum(t.finish_reason == "length" for e in episodes for t in e.turns)),
     }
+
+
+def env_metrics(episodes: list[Episode]) -> dict[str, float]:
+    """rollout/metric/<name>: the mean of each named quantity envs report with an episode's end (info["metrics"],
+    e.g. a verifiers rubric's reward functions), over the episodes that report it."""
+    values: dict[str, list[float]] = {}
+    for e in episodes:
+        for name, value in e.info.get("metrics", {}).items():
+            values.setdefault(name, []).append(value)
+    return {f"rollout/metric/{name}": sum(v) / len(v) for name, v in sorted(values.items())}
 
 
 def success_by_temperature(episodes: list[Episode], scale: float = 1.0) -> dict[str, float]:

@@ -31,13 +31,41 @@ from agentrl.envs.prompting import AgentPromptFormat, AnswerPromptFormat, Prompt
 from agentrl.errors import ConfigError, unknown_name_message
 
 # Optional packages an env module may import, and the extra that installs them (for the error message).
-EXTRAS = {"alfworld": "alfworld", "textworld": "alfworld", "jericho": "alfworld", "math_verify": "math"}
+EXTRAS = {
+    "alfworld": "alfworld",
+    "textworld": "alfworld",
+    "jericho": "alfworld",
+    "math_verify": "math",
+    "verifiers": "verifiers",
+    "openenv": "openenv",
+}
+# Envs from the hubs their authors publish to: "verifiers:<module>" is the registered adapter with module=<module>
+HUBS = {"verifiers": ("agentrl/Verifiers-v0", "module")}
 INSTALL_HINT = "pip install 'agentrl-holderpo[{extra}]' (from a checkout: pip install -e '.[{extra}]')"
 
 
+def hub_env(env_id: str) -> tuple[str, dict[str, Any]]:
+    """(the registered id, the kwargs it adds) of an env id: "verifiers:<module>" → the verifiers adapter with
+    module=<module>; a registered id → itself and no kwargs."""
+    hub, sep, name = env_id.partition(":")
+    if sep and hub in HUBS and "/" not in hub:
+        if not name:
+            raise ConfigError(f"env id {env_id!r}: name the module after the colon, e.g. {hub}:my_env")
+        registered, key = HUBS[hub]
+        return registered, {key: name}
+    return env_id, {}
+
+
+def hub_module(env_id: str) -> str | None:
+    """The Python module a hub env id imports when its env is built (None: a registered id)."""
+    hub, sep, name = env_id.partition(":")
+    return name if sep and hub in HUBS and name else None
+
+
 def env_class(env_id: str) -> Any:
-    """The class (or creator) behind a registered id, imported but not constructed; ConfigError when the id is
-    unknown or its module needs an optional package that is missing."""
+    """The class (or creator) behind a registered id (or a hub id, envs from hubs), imported but not constructed;
+    ConfigError when the id is unknown or its module needs an optional package that is missing."""
+    env_id = hub_env(env_id)[0]
     if env_id not in gym.registry:
         raise ConfigError(
             unknown_name_message("env id", env_id, gym.registry)
@@ -72,7 +100,8 @@ def check_env_id(env_id: str) -> list[str]:
 def make_env(env_id: str, **kwargs: Any) -> gym.Env:
     """gymnasium.make with Gymnasium's standard wrappers kept (pass max_episode_steps for a TimeLimit)."""
     env_class(env_id)
-    return gym.make(env_id, disable_env_checker=True, **kwargs)
+    registered, added = hub_env(env_id)
+    return gym.make(registered, disable_env_checker=True, **added, **kwargs)
 
 
 def probe_env(env_id: str, kwargs: dict[str, Any], timeout_s: float = 60.0) -> gym.Env:
@@ -155,6 +184,8 @@ def _format_class(spec: str, import_modules: bool) -> Any:
 gym.register("agentrl/CueBandit-v0", entry_point="agentrl.envs.cue_bandit:CueBanditEnv", max_episode_steps=50)
 gym.register("agentrl/Math-v0", entry_point="agentrl.envs.math_env:MathEnv")  # one step, always
 gym.register("agentrl/TextWorld-v0", entry_point="agentrl.envs.textworld_env:TextWorldEnv", max_episode_steps=50)
+gym.register("agentrl/ToolCue-v0", entry_point="agentrl.envs.tool_cue:ToolCueEnv", max_episode_steps=50)
+gym.register("agentrl/Verifiers-v0", entry_point="agentrl.envs.hub_verifiers:VerifiersEnv")
 gym.register("agentrl/ALFWorld-v0", entry_point="agentrl.envs.alfworld.env:ALFWorldEnv", max_episode_steps=50)
 
 __all__ = [
@@ -164,6 +195,8 @@ __all__ = [
     "WordChoicePromptFormat",
     "check_env_id",
     "env_class",
+    "hub_env",
+    "hub_module",
     "make_env",
     "make_prompt_format",
     "probe_env",

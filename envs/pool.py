@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import math
 import multiprocessing as mp
 import os
@@ -42,6 +43,7 @@ from typing import Any
 import gymnasium as gym
 
 from agentrl.envs import make_env
+from agentrl.envs.tools import check_messages, check_tools
 from agentrl.processes import PR_SET_CHILD_SUBREAPER, PR_SET_PDEATHSIG, kill_tree, prctl
 
 EnvFactory = Callable[[], gym.Env]
@@ -159,8 +161,25 @@ class SlotEnvs:
             )
         if not math.isfinite(result.reward):
             return StepResult.failed(f"env {command} returned a non-finite reward {result.reward}")
+        if problem := self._chat_problem(info):
+            return StepResult.failed(f"env {command}: {problem}")
         result.info = capped_info(info, self.max_observation_chars)
         return result
+
+    def _chat_problem(self, info: dict[str, Any]) -> str | None:
+        """Why a chat env's info["messages"] / info["tools"] (envs/tools.py) break the contract, or are longer
+        together than max_observation_chars (as an observation would be); None when they are fine."""
+        messages, tools = info.get("messages"), info.get("tools")
+        problem = None if messages is None else check_messages(messages)
+        problem = problem or (None if tools is None else check_tools(tools))
+        if problem is None and messages is not None:
+            size = sum(len(m["content"]) for m in messages) + (len(json.dumps(tools)) if tools else 0)
+            if size > self.max_observation_chars:
+                problem = (
+                    f"its messages and tools hold {size} characters, over "
+                    f"rollout.max_observation_chars={self.max_observation_chars}"
+                )
+        return problem
 
     def close(self) -> None:
         for slot, env in self.envs.items():

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from agentrl.envs.base import clean_text
+from agentrl.envs.tools import ToolCallError, parse_tool_calls
 
 CJK_RE = re.compile(r"[\u4e00-\u9fff]")  # the reference's "contains Chinese characters" rule
 MAX_ACTION_CHARS = 200  # lenient and word-choice parsing never return more than this
@@ -225,6 +226,32 @@ class AnswerPromptFormat:
 
     def parse(self, reply: str, admissible: list[str] | None = None) -> tuple[str, bool]:
         reply = clean_text(reply)
+        return reply, bool(reply.strip())
+
+
+@dataclass
+class ChatPromptFormat:
+    """For envs that talk in chat messages (envs/tools.py: info["messages"], e.g. hub envs and tool envs): the
+    rollout shows the env's own conversation, so `render` is only the fallback for a turn without messages (the
+    observation as a user message). The whole reply is the action; the env reads it (and the tool calls in it). A
+    reply with a malformed <tool_call> is invalid (the usual penalty) and still reaches the env, which answers it
+    like any reply without a call. `constrained_reply` is the identity: an env that lists whole replies as its
+    admissible actions (e.g. the tool calls it accepts) can be played with rollout.constrained_actions."""
+
+    def render(
+        self, task: str, history: list[HistoryItem], observation: str, admissible: list[str] | None, *, window: int
+    ) -> list[dict[str, str]]:
+        return [{"role": "user", "content": observation}]
+
+    def constrained_reply(self, action: str) -> str:
+        return action
+
+    def parse(self, reply: str, admissible: list[str] | None = None) -> tuple[str, bool]:
+        reply = clean_text(reply)
+        try:
+            parse_tool_calls(reply)
+        except ToolCallError:
+            return reply, False
         return reply, bool(reply.strip())
 
 

@@ -307,14 +307,19 @@ def test_resumed_tensorboard_log_has_no_duplicated_steps(tmp_path):
     assert steps == [1, 2, 3, 4]
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_ctrl_c_stops_cleanly_with_the_resume_command(tmp_path, signum):
+@pytest.mark.parametrize(
+    "signum, hub", [(signal.SIGINT, False), (signal.SIGTERM, False), (signal.SIGTERM, True)], ids=["int", "term", "vf"]
+)
+def test_ctrl_c_stops_cleanly_with_the_resume_command(tmp_path, signum, hub):
     """Ctrl-C, and SIGTERM the same way (a scheduler's stop: it once left every env worker running): exit code 128 +
-    the signal, the resume command, the lock released, and no env worker (or its keeper) left behind."""
+    the signal, the resume command, the lock released, and no env worker (or its keeper) left behind. Also with a
+    verifiers env loaded in the trainer and its worker (verifiers installs SIGINT/SIGTERM handlers of its own)."""
     from agentrl.processes import descendants
 
     cmd = [sys.executable, "-m", "agentrl.trainer", "experiment=cuebandit", f"trainer.run_dir={tmp_path}"]
     cmd.append("rollout.num_workers=1")
+    if hub:
+        cmd += ["env.id=verifiers:tests.vf_cue", "+env.kwargs.kind=single"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
