@@ -263,3 +263,19 @@ def test_tiny_model_learns_to_call_a_tool(tmp_path):
     result = trainer_module.train(cfg)
     before, after = result["before"]["eval/panel/success"], result["after"]["eval/panel/success"]
     assert after - before >= 0.4, (before, after)
+
+
+def test_agentrl_eval_plays_a_hub_env_like_ours(tmp_path):
+    """agentrl-eval on a verifiers env and on the tool env: the same panel, per-game outcomes and report."""
+    import json as json_module
+
+    from agentrl import eval_cli
+
+    for env_id, extra in ((VF, ["--imports", "tests.vf_cue"]), ("agentrl/ToolCue-v0", [])):
+        out = tmp_path / env_id.replace("/", "_").replace(":", "_")
+        args = ["--env", env_id, "--model", "tiny-qwen2", "--instances", "4", "--max-turns", "2"]
+        eval_cli.main([*args, *extra, "--max-new-tokens", "8", "--out", str(out), "--no-progress"])
+        report = json_module.loads((out / "eval.json").read_text())
+        games = report["per_seed"][0]["episodes"]
+        assert report["instances"] == [0, 1, 2, 3] and len(games) == 4 and all(g["turns"] >= 1 for g in games)
+        assert report["prompt_format"] == "agentrl.envs.prompting:ChatPromptFormat"
