@@ -70,9 +70,14 @@ class ChatTokens:
         the fallback's (tools inside the system message, tool results as user messages)."""
         if not (tools or any(m["role"] == "tool" for m in messages)):
             return messages, None
-        if self.renders_tools and not self.has_special(json.dumps(tools or [])):  # (schemas are template text)
+        if self._native(tools):
             return messages, tools
         return fallback_messages(messages, tools), None
+
+    def _native(self, tools: list[dict] | None) -> bool:
+        """The one rule for both the opening and every later turn: the template renders the tools itself when it
+        can and their schemas hold no special-token string (schemas are template text), else the fallback."""
+        return self.renders_tools and not self.has_special(json.dumps(tools or []))
 
     def has_special(self, text: str) -> bool:
         return any(s in text for s in self.tokenizer.all_special_tokens)
@@ -112,11 +117,10 @@ class ChatTokens:
         the next generation prompt; `tools` as given to prompt_ids for the conversation's opening (a template's
         system block must render the same). A completion that did not end with the end-of-turn token (it hit the
         length limit) gets it here, as a template token."""
-        if tools or any(m["role"] == "tool" for m in messages):
-            if not self.renders_tools:
-                messages, tools = fallback_messages(messages, None), None
-        else:
+        if not (tools or any(m["role"] == "tool" for m in messages)):
             tools = None
+        elif not self._native(tools):  # the opening's schemas are in its system message already
+            messages, tools = fallback_messages(messages, None), None
         base = [
             {"role": "system", "content": "s"},
             {"role": "user", "content": "u"},
