@@ -20,7 +20,7 @@ import torch
 
 from agentrl.errors import ConfigError, unknown_name_message
 from agentrl.losses import LEARNER_PASSED_OPTIONS, POLICY_LOSSES, passed_options
-from agentrl.schedules import p_schedule, validate_schedule
+from agentrl.schedules import FixedSchedule, PController, controller_problems, validate_schedule
 from agentrl.types import Choice, option
 
 
@@ -67,6 +67,26 @@ class AdvantageConfig:
     )
 
 
+class AdaptiveRule(Choice):
+    """What the adaptive p controller (algo.p_schedule=adaptive) reads from each update (agentrl/schedules.py)."""
+
+    ess = "ess"  # keep the Hölder weights' effective sample size near a target
+    dispersion = "dispersion"  # p from the spread of the log-ratios over a row's chosen tokens
+
+
+@dataclass
+class AdaptivePConfig:
+    """algo.p_schedule=adaptive: p for the next update from the current one's statistics, starting at p_start."""
+
+    rule: AdaptiveRule = option(AdaptiveRule.ess, "ess: weights' ESS near a target | dispersion: p from log-ratio std")
+    p_min: float | None = option(None, "lowest p (None: the lower of p_start and p_end)")
+    p_max: float | None = option(None, "highest p (None: the higher of p_start and p_end)")
+    max_step: float = option(0.25, "largest change of p from one update to the next")
+    ess_target: float = option(0.9, "rule ess: the weight ESS fraction to hold (below: p rises, above: p falls)")
+    ess_gain: float = option(2.0, "rule ess: change of p per unit of (ESS − target)")
+    dispersion_scale: float = option(0.2, "rule dispersion: the log-ratio std at which p reaches p_max")
+
+
 @dataclass
 class AlgoConfig:
     name: str = option("holderpo", "a label for runs and plots")
@@ -75,12 +95,13 @@ class AlgoConfig:
     clip_low: float = option(0.2, "ε below: ratios under 1 − ε are clipped")
     clip_high: float = option(0.2, "ε above: ratios over 1 + ε are clipped")
     p_schedule: str = option(
-        "linear", "shape of the Hölder order over training: constant, linear, cosine, power, cubic"
+        "linear", "shape of the Hölder order over training: constant, linear, cosine, power, cubic, adaptive"
     )
     p_start: float = option(1.0, "p at the first iteration")
     p_end: float = option(-1.0, "p at the schedule's last iteration")
     p_power: float = option(2.0, 'exponent of the "power" shape')
     p_schedule_steps: int | None = option(None, "iterations the schedule spans; None: trainer.iterations")
+    adaptive: AdaptivePConfig = option(help="the adaptive p controller (p_schedule=adaptive)", factory=AdaptivePConfig)
     # a forced token (one allowed continuation) has log-ratio exactly 0: counted, it pulls the sequence's mean toward
     # ratio 1 and widens the sequence clip's band by 1/(1 − forced share); `chosen` (the default) leaves them out,
     # and without constrained decoding there are none, so it is then the reference's aggregation exactly
@@ -89,15 +110,30 @@ class AlgoConfig:
     )
     advantage: AdvantageConfig = option(help="group-relative advantages", factory=AdvantageConfig)
 
-    def p_at(self, iteration: int, iterations: int) -> float:
-        """p for training iteration `iteration` (0-based) of a run of `iterations`.
+    def order(self, iterations: int) -> FixedSchedule | PController:
+        """What sets p for each update of a run of `iterations`: the fixed schedule, or the adaptive controller."""
+        if self.p_schedule != "adaptive":
+            steps = self.p_schedule_steps or iterations
+            return FixedSchedule(self.p_schedule, steps, self.p_start, self.p_end, self.p_power)
+        a = self.adaptive
+        return PController(
+            a.rule.value,
+            self.p_start,
+            *self._p_range(),
+            a.max_step,
+            ess_target=a.ess_target,
+            ess_gain=a.ess_gain,
+            dispersion_scale=a.dispersion_scale,
+        )
 
-        The reference (verl's 1-based global step, progress = step / schedule_steps) evaluates the schedule at
-        step iteration + 1: the first update already moves one step, and the last update of a run whose schedule
-        spans the run uses exactly p_end.
-        """
-        steps = self.p_schedule_steps or iterations
-        return p_schedule(self.p_schedule, iteration + 1, steps, self.p_start, self.p_end, self.p_power)
+    def p_at(self, iteration: int, iterations: int) -> float:
+        """p of a fixed schedule for training iteration `iteration` (0-based) of a run of `iterations`."""
+        return self.order(iterations).p(iteration)
+
+    def _p_range(self) -> tuple[float, float]:
+        low = self.adaptive.p_min if self.adaptive.p_min is not None else min(self.p_start, self.p_end)
+        high = self.adaptive.p_max if self.adaptive.p_max is not None else max(self.p_start, self.p_end)
+        return low, high
 
     def loss_options(self, reply_length: int) -> dict[str, Any]:
         """The extra options passed to the loss. A loss with a constant length normaliser (Dr.GRPO's norm_length)
@@ -124,6 +160,18 @@ class AlgoConfig:
             problems.append(unknown_name_message("algo.loss", self.loss, POLICY_LOSSES))
         else:
             problems += check_loss_options(self.loss, self.loss_options(reply_length), self.clip_low, self.clip_high)
+        if self.p_schedule == "adaptive":
+            a = self.adaptive
+            found = controller_problems(
+                a.rule.value, *self._p_range(), a.max_step, a.ess_target, a.ess_gain, a.dispersion_scale
+            )
+            problems += [f"{problem} (algo.adaptive)" for problem in found]
+            if a.rule == AdaptiveRule.ess and self.loss not in ("holder_seq", "holder_token"):
+                problems.append(
+                    f"algo.adaptive.rule=ess reads the Hölder weights' ESS, which algo.loss={self.loss} does not "
+                    "report: use holder_seq or holder_token, or algo.adaptive.rule=dispersion"
+                )
+            return problems
         try:
             validate_schedule(
                 self.p_schedule, self.p_schedule_steps or iterations, self.p_start, self.p_end, self.p_power

@@ -31,6 +31,7 @@ from agentrl.policies.backends import make_policy, sampler_matches_learner
 from agentrl.policies.base import Policy
 from agentrl.policies.models import load_model
 from agentrl.rollout import RolloutManager, Task
+from agentrl.schedules import FixedSchedule, PController
 from agentrl.scoring import shard
 
 
@@ -73,6 +74,7 @@ class Components:
     policy: Policy
     rollout: RolloutManager
     evaluators: list[RolloutManager]
+    order: FixedSchedule | PController  # sets p for each update (algo.p_schedule)
 
     def close(self) -> None:
         for pool in self.pools:
@@ -157,14 +159,21 @@ def _model_side(
     evaluators = [
         RolloutManager(pool, policy, tokenizer, fmt, cfg.rollout, evaluation=True, seed=seed) for pool in pools[1:]
     ]
-    return Components(sampler, pools, panels, model, tokenizer, generation_model, learner, policy, rollout, evaluators)
+    order = cfg.algo.order(cfg.trainer.iterations)
+    return Components(
+        sampler, pools, panels, model, tokenizer, generation_model, learner, policy, rollout, evaluators, order
+    )
 
 
 def save(c: Components, cfg: Config, run_dir: Path, iteration: int) -> None:
     """Checkpoint after `iteration`: HF weights, or under torchrun a Distributed Checkpoint of the shards plus
     rank 0's full-weights export (from the generation copy, already up to date)."""
     sharded = c.generation_model is not None
-    state = {"learner": c.learner.state_dict(optimizer=not sharded), "sampler_position": iteration}
+    state = {
+        "learner": c.learner.state_dict(optimizer=not sharded),
+        "sampler_position": iteration,
+        "p_order": c.order.state_dict(),
+    }
     save_checkpoint(
         run_dir,
         iteration,

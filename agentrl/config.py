@@ -453,10 +453,12 @@ def resume_changes(saved: dict[str, Any], cfg: Config) -> tuple[list[str], list[
     annealing spans the run (it would re-time it mid-run).
     """
     old, new = flatten(saved), flatten(config_dict(cfg))
-    for flat in (old, new):  # compare the schedule's effective length (0 means trainer.iterations)
-        if not flat.get("algo.p_schedule_steps"):
+    for flat in (old, new):  # compare the schedule's effective length (0 means trainer.iterations; adaptive: none)
+        if not flat.get("algo.p_schedule_steps") and flat.get("algo.p_schedule") != "adaptive":
             flat["algo.p_schedule_steps"] = flat.get("trainer.iterations")
-    schedule_spans_run = not cfg.algo.p_schedule_steps and cfg.algo.p_start != cfg.algo.p_end
+    schedule_spans_run = (
+        cfg.algo.p_schedule != "adaptive" and not cfg.algo.p_schedule_steps and cfg.algo.p_start != cfg.algo.p_end
+    )
     annealing = cfg.rollout.temperature_end is not None  # its schedule spans trainer.iterations too
     facts = field_facts()
     refused, applied = [], []

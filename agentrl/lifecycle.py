@@ -42,6 +42,7 @@ from agentrl.learner import Learner
 from agentrl.policies.base import Policy
 from agentrl.policies.models import resolve_device
 from agentrl.rundir import RunLock, default_run_dir, point_latest, prepare_run_dir
+from agentrl.schedules import FixedSchedule, PController
 
 Candidates = list[tuple[Path, dict[str, Any]]]  # verified checkpoints, newest first, with their saved configs
 
@@ -148,9 +149,12 @@ def checkpoints_to_try(cfg: Config, run_dir: Path) -> Candidates:
     return good
 
 
-def restore(model: torch.nn.Module, learner: Learner, policy: Policy, candidates: Candidates) -> int:
-    """Iterations already completed (0 for a fresh run): restores weights, optimizer and RNGs from the newest
-    checkpoint that loads, then syncs the generation backend; one that fails to load is skipped with a warning."""
+def restore(
+    model: torch.nn.Module, learner: Learner, policy: Policy, order: FixedSchedule | PController, candidates: Candidates
+) -> int:
+    """Iterations already completed (0 for a fresh run): restores weights, optimizer, RNGs and the p controller's
+    state from the newest checkpoint that loads, then syncs the generation backend; one that fails to load is
+    skipped with a warning."""
     for path, _ in candidates:
         try:
             state = load_checkpoint(path, model, learner.optimizer)
@@ -158,6 +162,7 @@ def restore(model: torch.nn.Module, learner: Learner, policy: Policy, candidates
             warnings.warn(f"skipping a checkpoint that does not load: {err}", stacklevel=2)
             continue
         learner.load_state_dict(state["learner"])
+        order.load_state_dict(state.get("p_order"))
         policy.sync_weights()
         say(f"resumed from {path} after iteration {state['iteration']}")
         return int(state["iteration"])

@@ -6,7 +6,8 @@
 
 Runs that share a name (--names, else the run's `experiment` + `algo.loss` from config.yaml) are seeds of one
 method: their mean is drawn with the min–max spread shaded. Panels: success (training rollouts, and each eval set
-with markers), invalid-reply rate, reward, p, clip fraction, weight ESS fraction, entropy, and the KL panel: k3
+with markers), invalid-reply rate, reward, p (with the adaptive controller's target p), clip fraction, weight ESS
+fraction, log-ratio std (the adaptive controller's inputs), entropy, and the KL panel: k3
 estimate of KL(π_θ‖π_ref) to the frozen reference, and PPO's approximate KL to π_old.
 """
 
@@ -22,9 +23,10 @@ PANELS = [
     ("success", ["rollout/success", "eval/*/success"]),
     ("invalid-reply rate", ["rollout/invalid_rate"]),
     ("reward (mean return)", ["rollout/reward"]),
-    ("p (Hölder order)", ["train/p"]),
+    ("p (Hölder order) · adaptive controller's target", ["train/p", "p_control/target_p"]),
     ("clip fraction", ["train/clip_frac"]),
     ("weight ESS fraction", ["train/weight_ess_frac"]),
+    ("log-ratio std over a reply's tokens", ["train/log_ratio_std"]),
     ("entropy (nats/token)", ["train/entropy"]),
     ("KL: k3 to reference · PPO approx. to π_old", ["train/kl", "train/ppo_kl"]),
 ]
@@ -71,7 +73,7 @@ def plot(runs: list[Path], out: Path | None = None, names: list[str] | None = No
     for name, run in zip(names, runs):
         groups[name].append(read_metrics(run))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    fig, axes = plt.subplots(2, 4, figsize=(17, 7))
+    fig, axes = plt.subplots(3, 3, figsize=(15, 10))
     for ax, (title, patterns) in zip(axes.flat, PANELS):
         for g, (name, seeds) in enumerate(groups.items()):
             every = [r for rows in seeds for r in rows]

@@ -7,7 +7,7 @@
     torchrun --nproc_per_node 8 -m agentrl.trainer experiment=alfworld_paper   # FSDP2 over 8 GPUs (README)
 
 One iteration: sample tasks → rollout (tasks × group) → samples + group advantages → learner update with
-p = schedule(iteration) → sync policy weights → log → periodic evaluation on a fixed panel → periodic checkpoint.
+p = schedule(iteration) or the adaptive controller → sync policy weights → log → periodic evaluation on a fixed panel → periodic checkpoint.
 The run around it (run directory, lock, resume, Ctrl-C) is agentrl/lifecycle.py; what it builds is
 agentrl/components.py; what it reports is agentrl/report.py.
 Departures from the paper: π_old comes from a no-grad pass of the learner before each update
@@ -68,7 +68,7 @@ def _train(cfg: Config, run_dir: Path, candidates: Candidates) -> dict[str, Any]
     c = build_components(cfg)
     log = None
     try:
-        start = restore(c.model, c.learner, c.policy, candidates)
+        start = restore(c.model, c.learner, c.policy, c.order, candidates)
         log = _metrics_log(cfg, run_dir, start) if place.main else None
         evals: dict[str, tuple[dict[str, Any], dict[str, list]]] = {}  # "before" / "after": (eval row, games)
         if start == 0 and cfg.trainer.eval_before:
@@ -85,7 +85,7 @@ def _train(cfg: Config, run_dir: Path, candidates: Candidates) -> dict[str, Any]
             built = build_samples(episodes, cfg.rollout.sample_mode, cfg.algo.advantage)
             samples = informative(built) if cfg.algo.advantage.filter_groups else built
             t1 = time.perf_counter()
-            p = cfg.algo.p_at(it, cfg.trainer.iterations)
+            p = c.order.p(it)
             c.policy.sleep()  # a GPU engine frees its KV cache while the learner runs
             update = c.learner.update(samples, p, progress=progress)
             check_finite_weights(c.model, it + 1, cfg, run_dir)
@@ -93,6 +93,7 @@ def _train(cfg: Config, run_dir: Path, candidates: Candidates) -> dict[str, Any]
             row = iteration_row(
                 it + 1, cfg, c, episodes, (built, samples), update, temperatures, (t0, t1, time.perf_counter())
             )
+            row.update(c.order.observe(row))  # the adaptive p controller sets the next update's p
             if log:
                 log.write(row)
             say(console_line(row), flush=True)

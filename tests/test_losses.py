@@ -245,6 +245,21 @@ def test_metrics_include_required_keys():
     assert metrics["weight_ess_frac"].item() < 0.9
 
 
+def test_log_ratio_std_is_the_mean_over_rows_of_each_rows_spread_over_the_tokens_it_aggregates():
+    """The adaptive p rule `dispersion` reads it: hand-computed, masked garbage ignored, forced tokens left out
+    under algo.aggregate_over=chosen."""
+    old = torch.zeros(3, 4)
+    lp = torch.tensor([[0.1, -0.1, 9e9, 0.0], [0.3, 0.0, 0.0, 0.0], [0.2, 0.0, -0.2, 0.0]])
+    mask = torch.tensor([[1, 1, 0, 0], [1, 0, 0, 0], [1, 1, 1, 0]])
+    expected = (0.1 + 0.0 + math.sqrt(0.08 / 3)) / 3  # row stds: 0.1; one token: 0; (0.2, 0, −0.2): √(0.08/3)
+    for name in sorted(POLICY_LOSSES):
+        _, metrics = POLICY_LOSSES[name](lp, old, torch.ones(3), mask, **_declared(name, p=1.0))
+        assert metrics["log_ratio_std"].item() == pytest.approx(expected, rel=1e-5), name
+    chosen = torch.tensor([[1, 1, 0, 0], [1, 0, 0, 0], [1, 0, 1, 0]])  # row 3's middle token forced (Δ exactly 0)
+    _, metrics = POLICY_LOSSES["holder_seq"](lp, old, torch.ones(3), mask, p=1.0, aggregate_mask=chosen)
+    assert metrics["log_ratio_std"].item() == pytest.approx((0.1 + 0.0 + 0.2) / 3, rel=1e-5)
+
+
 @pytest.mark.parametrize("name", sorted(POLICY_LOSSES))
 def test_a_loss_rejects_options_it_does_not_take(name):
     lp, old, adv, mask = _batch(0)

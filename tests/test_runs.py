@@ -163,6 +163,29 @@ def test_resume_refuses_changes_that_mix_runs_and_applies_a_new_learning_rate(tm
     assert seen["lr"] and all(lr == 1e-4 for lr in seen["lr"])  # the new lr took effect, not the saved one
 
 
+def test_adaptive_p_resumes_the_same_p_sequence_and_weights(tmp_path):
+    """algo.p_schedule=adaptive: the controller's state is in each checkpoint, so a run resumed after iteration 2
+    (its newer checkpoint gone, as after a crash) sets the same p for iterations 3 and 4 and ends with the same
+    weights as the run that went through; a longer resumed run does not re-time anything."""
+    import shutil
+
+    adaptive = ["algo.p_schedule=adaptive", "algo.adaptive.rule=ess", "algo.adaptive.ess_target=0.99"]
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    trainer_module.train(_cfg(full, *adaptive))
+    trained = read_metrics(full)
+    p = [r["train/p"] for r in trained if r["kind"] == "train"]
+    assert p[0] == 1.0 and len(set(p)) == 4, p  # it moved every update
+    assert all(r["p_control/next_p"] == q for r, q in zip([r for r in trained if r["kind"] == "train"], p[1:]))
+    trainer_module.train(_cfg(cut, *adaptive, "trainer.iterations=2"))
+    trainer_module.train(_cfg(cut, *adaptive, "trainer.resume=auto"))  # iterations 2 → 4: allowed for adaptive p
+    resumed = [r["train/p"] for r in read_metrics(cut) if r["kind"] == "train"]
+    assert resumed == p
+    assert all(torch.equal(a, b) for a, b in zip(_weights(full, 4).values(), _weights(cut, 4).values()))
+    shutil.rmtree(cut / "checkpoints" / "iter-000004")
+    trainer_module.train(_cfg(cut, *adaptive, "trainer.resume=auto"))
+    assert [r["train/p"] for r in read_metrics(cut) if r["kind"] == "train"] == p
+
+
 def test_resume_refuses_new_iterations_while_the_temperature_anneals():
     """rollout.temperature_end spans trainer.iterations: a longer resumed run would re-time the annealing."""
     common = ["experiment=cuebandit", "algo.p_schedule_steps=4"]  # the p schedule alone would allow it

@@ -7,7 +7,7 @@ import torch
 
 from agentrl.advantages import grpo_advantages
 from agentrl.errors import ConfigError
-from agentrl.schedules import SCHEDULE_SHAPES, p_schedule
+from agentrl.schedules import SCHEDULE_SHAPES, PController, p_schedule
 
 
 @pytest.mark.parametrize(
@@ -42,6 +42,81 @@ def test_schedule_rejects_bad_input():
         p_schedule("linear", 0, 0, 1, -1)
     with pytest.raises(ConfigError, match="finite"):
         p_schedule("linear", 0, 10, float("inf"), -1)
+
+
+def _controller(rule: str, **kw) -> PController:
+    settings = {"p_start": 1.0, "low": -1.0, "high": 1.0, "max_step": 0.25, **kw}
+    return PController(rule, **settings)
+
+
+def _drive(control: PController, name: str, values: list[float]) -> list[float]:
+    """p after each of a run of updates whose metric `name` took `values`."""
+    return [control.observe({name: v})["p_control/next_p"] for v in values]
+
+
+def test_ess_rule_lowers_p_while_the_weights_stay_spread_and_raises_it_when_they_concentrate():
+    control = _controller("ess", ess_target=0.9, ess_gain=2.0)
+    tame = _drive(control, "train/weight_ess_frac", [1.0] * 12)  # ESS above the target: −0.2 per update
+    assert tame[:3] == pytest.approx([0.8, 0.6, 0.4]) and tame[-1] == -1.0  # down to the range's low end, not past
+    assert all(b <= a for a, b in zip(tame, tame[1:]))
+    concentrated = _drive(control, "train/weight_ess_frac", [0.3] * 12)  # far below: rate-limited climb
+    assert concentrated[:2] == pytest.approx([-0.75, -0.5]) and concentrated[-1] == 1.0
+    held = _controller("ess").observe({"train/weight_ess_frac": 0.9})
+    assert held["p_control/next_p"] == 1.0 and held["p_control/target_p"] == pytest.approx(1.0)  # on target
+
+
+def test_dispersion_rule_moves_p_toward_high_as_log_ratios_spread():
+    control = _controller("dispersion", p_start=0.0, dispersion_scale=0.2)
+    assert _drive(control, "train/log_ratio_std", [0.0, 0.0]) == pytest.approx([-0.25, -0.5])  # tame: toward low
+    assert control.target(0.1) == pytest.approx(0.0) and control.target(0.4) == 1.0  # halfway; saturates at high
+    assert _drive(control, "train/log_ratio_std", [1.0] * 8)[-1] == 1.0  # spread: climbs by 0.25 to high
+    monotone = [_controller("dispersion").target(s) for s in (0.0, 0.05, 0.1, 0.15, 0.2, 0.3)]
+    assert monotone == sorted(monotone) and monotone[0] == -1.0
+
+
+@pytest.mark.parametrize("rule", ["ess", "dispersion"])
+def test_controller_bounds_rate_limit_and_missing_inputs_hold(rule):
+    name = PController.INPUTS[rule]
+    control = _controller(rule, p_start=5.0, low=-2.0, high=0.5, max_step=0.1)
+    assert control.p(0) == 0.5  # p_start clamped into the range
+    values = [0.0, 1.0, 0.5, 10.0, 0.0, 0.95, 3.0, 0.2] * 5
+    trace = [0.5, *_drive(control, name, values)]
+    assert all(-2.0 <= p <= 0.5 for p in trace)
+    assert all(abs(b - a) <= 0.1 + 1e-12 for a, b in zip(trace, trace[1:]))
+    before = control.p(0)
+    for row in ({}, {name: float("nan")}, {name: float("inf")}, {name: "0.5"}):  # a skipped or broken update
+        assert control.observe(row)["p_control/next_p"] == before and math.isnan(
+            control.observe(row)["p_control/input"]
+        )
+    resumed = _controller(rule, p_start=5.0, low=-2.0, high=0.5, max_step=0.1)
+    resumed.load_state_dict(control.state_dict())  # a checkpoint's state continues the same sequence
+    assert _drive(resumed, name, values) == _drive(control, name, values)
+    with pytest.raises(ConfigError, match="no state of the adaptive p controller"):
+        resumed.load_state_dict({})
+    with pytest.raises(ConfigError, match="no state of the adaptive p controller"):
+        resumed.load_state_dict({"rule": "ess" if rule == "dispersion" else "dispersion", "p": 0.0})
+
+
+def test_adaptive_settings_are_checked_before_weights_load():
+    from agentrl.config import load_config, validate_config
+
+    def problems(*overrides: str) -> str:
+        with pytest.raises(ConfigError) as err:
+            validate_config(load_config(["experiment=cuebandit", "algo.p_schedule=adaptive", *overrides]))
+        return str(err.value)
+
+    validate_config(load_config(["experiment=cuebandit", "algo.p_schedule=adaptive"]))  # the defaults are valid
+    text = problems("algo.adaptive.max_step=0", "algo.adaptive.ess_target=1.5", "algo.adaptive.p_min=2")
+    assert "max_step must be a finite number > 0" in text and "ess_target must be in (0, 1]" in text
+    assert "low < high" in text and "algo.adaptive" in text
+    assert "does not report" in problems("algo.loss=gspo")  # the ess rule reads the Hölder weights' ESS
+    validate_config(
+        load_config(
+            ["experiment=cuebandit", "algo.p_schedule=adaptive", "algo.loss=gspo", "algo.adaptive.rule=dispersion"]
+        )
+    )
+    with pytest.raises(ConfigError, match="rule"):
+        load_config(["experiment=cuebandit", "algo.adaptive.rule=variance"])
 
 
 def test_grpo_advantages_groups():

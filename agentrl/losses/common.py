@@ -73,9 +73,15 @@ def ratio_metrics(
     *,
     per: str,
 ) -> dict[str, torch.Tensor]:
-    """Clip fraction (per sequence or per token), sequence-ratio mean/min/max, and ppo-kl = mean(−Δ)."""
+    """Clip fraction (per sequence or per token), sequence-ratio mean/min/max, ppo-kl = mean(−Δ), and log_ratio_std:
+    the standard deviation of Δ over each row's tokens (population std; the tokens a sequence-level loss aggregates
+    over), averaged over rows — how unevenly one update moves a reply's tokens (the adaptive p rule `dispersion`)."""
     valid = mask.bool()
     rows = valid.any(-1)
+    count = valid.sum(-1).clamp(min=1).float()  # [B]
+    d = delta.float().masked_fill(~valid, 0.0)  # masked garbage cannot leak NaN
+    centred = (d - d.sum(-1, keepdim=True) / count[:, None]).masked_fill(~valid, 0.0)
+    row_std = ((centred * centred).sum(-1) / count).sqrt()  # [B]
     rho = safe_exp(log_seq_ratio[rows]) if rows.any() else torch.ones(1, device=delta.device)
     if per == "seq":
         clip_frac = clipped[rows].mean() if rows.any() else torch.zeros((), device=delta.device)
@@ -87,4 +93,5 @@ def ratio_metrics(
         "ratio_min": rho.min(),
         "ratio_max": rho.max(),
         "ppo_kl": masked_mean(-delta, mask),
+        "log_ratio_std": row_std[rows].mean() if rows.any() else torch.zeros((), device=delta.device),
     }
