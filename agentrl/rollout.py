@@ -451,8 +451,10 @@ class RolloutManager:
             self._finish(state, truncated=True, reason=f"env_error: {result.error}")
         elif result.terminated:
             self._finish(state, truncated=False, reason="")
-        elif result.truncated:
-            self._finish(state, truncated=True, reason="env_truncated")
+        elif result.truncated:  # an env may say why (a dropped connection: envs/hub_openenv.py)
+            self._finish(
+                state, truncated=True, reason=str((result.info or {}).get("truncation_reason") or "env_truncated")
+            )
 
     @staticmethod
     def _finish(state: _Live, *, truncated: bool, reason: str) -> None:

@@ -36,11 +36,13 @@ EXTRAS = {
     "textworld": "alfworld",
     "jericho": "alfworld",
     "math_verify": "math",
+    "uvicorn": "openenv",
     "verifiers": "verifiers",
     "openenv": "openenv",
 }
 # Envs from the hubs their authors publish to: "verifiers:<module>" is the registered adapter with module=<module>
-HUBS = {"verifiers": ("agentrl/Verifiers-v0", "module")}
+HUBS = {"verifiers": ("agentrl/Verifiers-v0", "module"), "openenv": ("agentrl/OpenEnv-v0", "target")}
+URL_SCHEMES = ("http://", "https://", "ws://", "wss://")
 INSTALL_HINT = "pip install 'agentrl-holderpo[{extra}]' (from a checkout: pip install -e '.[{extra}]')"
 
 
@@ -57,9 +59,11 @@ def hub_env(env_id: str) -> tuple[str, dict[str, Any]]:
 
 
 def hub_module(env_id: str) -> str | None:
-    """The Python module a hub env id imports when its env is built (None: a registered id)."""
+    """The Python module a hub env id imports when its env is built (None: a registered id or a server's URL)."""
     hub, sep, name = env_id.partition(":")
-    return name if sep and hub in HUBS and name else None
+    if not (sep and hub in HUBS and name) or name.startswith(URL_SCHEMES):
+        return None
+    return name.partition(":")[0] if hub == "openenv" else name
 
 
 def env_class(env_id: str) -> Any:
@@ -186,6 +190,7 @@ gym.register("agentrl/Math-v0", entry_point="agentrl.envs.math_env:MathEnv")  # 
 gym.register("agentrl/TextWorld-v0", entry_point="agentrl.envs.textworld_env:TextWorldEnv", max_episode_steps=50)
 gym.register("agentrl/ToolCue-v0", entry_point="agentrl.envs.tool_cue:ToolCueEnv", max_episode_steps=50)
 gym.register("agentrl/Verifiers-v0", entry_point="agentrl.envs.hub_verifiers:VerifiersEnv")
+gym.register("agentrl/OpenEnv-v0", entry_point="agentrl.envs.hub_openenv:OpenEnvEnv")
 gym.register("agentrl/ALFWorld-v0", entry_point="agentrl.envs.alfworld.env:ALFWorldEnv", max_episode_steps=50)
 
 __all__ = [

@@ -13,6 +13,8 @@ Sections:
   padding  computed tokens that are padding, with and without length-grouped micro-batches; peak memory (RSS) of
            log-prob computation with full-vocabulary logits vs our chunked path (each in a fresh subprocess)
   rollout  ALFWorld episodes: generation / env / prompt time; env steps/s with 1 and 2 workers
+  hub      the same 2-turn cue task as a native env (CueBandit) and as a verifiers MultiTurnEnv (tests/vf_cue.py)
+           through the rollout with a scripted policy: episodes/s in-process and with 2 env workers (adapter cost)
   constrained  greedy constrained decoding of ALFWorld prompts: token by token vs skipping forced tokens (same replies)
   lora     full fine-tuning vs LoRA (rank 16, every projection): trainable parameters, peak memory (RSS, each in a
            fresh subprocess) and update time of the same learner update on the same batch
@@ -389,6 +391,39 @@ def bench_rollout(model, tok, quick: bool) -> dict[str, Any]:
         other_s=wall - t.generation_s - t.env_s - t.env_wait_s - t.prompt_s,
         env_hidden_frac=t.as_dict()["rollout/env_hidden_frac"],
     )
+    return out
+
+
+def bench_hub(quick: bool) -> dict[str, Any]:
+    """Episodes per second of one 2-turn cue task played natively and through the verifiers adapter (env time and
+    the rollout's bookkeeping only: a scripted policy answers, so no model runs)."""
+    from agentrl import envs
+    from agentrl.envs.pool import EnvPool, env_factory
+    from agentrl.policies.models import build_tiny_tokenizer
+    from agentrl.policies.scripted import ScriptedPolicy
+    from agentrl.rollout import RolloutConfig, RolloutManager, Task
+
+    tok = build_tiny_tokenizer()
+    cases = {
+        "native": ("agentrl/CueBandit-v0", {"turns": 2}),
+        "verifiers": ("verifiers:tests.vf_cue", {"kind": "multi", "turns": 2}),
+    }
+    tasks, group = (4, 4) if quick else (16, 8)
+    out: dict[str, Any] = {"episodes": tasks * group}
+    for name, (env_id, kwargs) in cases.items():
+        for workers in (0, 2):
+            cfg = RolloutConfig(group_size=group, max_turns=2, num_workers=workers, max_new_tokens=4)
+            with EnvPool(env_factory(env_id, max_episode_steps=2, **kwargs), num_workers=workers) as pool:
+                fmt = envs.make_prompt_format(env_id)
+                manager = RolloutManager(pool, ScriptedPolicy(tok, lambda _p: "up"), tok, fmt, cfg, seed=0)
+                manager.run([Task(i, i, f"g{i}") for i in range(tasks)])  # envs built, modules imported
+                started = time.perf_counter()
+                for rep in range(3):
+                    manager.run([Task(i, i, f"g{i}") for i in range(tasks)], seed=rep)
+                out[f"{name}_episodes_per_s_{workers}_workers"] = 3 * tasks * group / (time.perf_counter() - started)
+    for workers in (0, 2):
+        native, hub = (out[f"{n}_episodes_per_s_{workers}_workers"] for n in cases)
+        out[f"verifiers_over_native_{workers}_workers"] = hub / native
     return out
 
 
@@ -769,6 +804,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     sections = {  # the sections that each stand alone, in report order
         "rollout": lambda: bench_rollout(model, tok, args.quick),
         "constrained": lambda: bench_constrained(model, tok, args.quick),
+        "hub": lambda: bench_hub(args.quick),
         "peer": lambda: bench_peer(args.quick),
         "lora": lambda: bench_lora(args.quick),
         "vllm": lambda: bench_vllm(model, tok, args.quick),
