@@ -7,7 +7,8 @@ One WebSocket session per env (OpenEnv keeps an episode's state only on its `/ws
 connection; `POST /reset` and `POST /step` build a fresh env per request). reset and step map onto Gymnasium's
 five-tuple: `done` ends the episode (terminated), the step's `reward` is the reward (None: 0). An episode has no
 task set of its own: instance i is `reset(seed=i)`, so panels are fixed as for our envs (`num_instances` sets how
-many there are). The reply goes to the server as `{action_field: reply}` (default "message"). The observation's
+many there are). The episode is won when it ends (`done`) with a total reward of at least `pass_threshold` (1.0).
+The reply goes to the server as `{action_field: reply}` (default "message"). The observation's
 text is `text_field` when given, else its only text field, else every field as "name: value" lines (OpenEnv does not
 send an observation's `metadata` to clients). The env talks in chat messages (envs/tools.py), so the model sees the
 whole conversation.
@@ -110,6 +111,24 @@ def _serve(target: str, env_cls: type, action_cls: type, observation_cls: type) 
     return _SHARED[target]
 
 
+async def _close(client: Any, wait_s: float = 2.0) -> None:
+    """End a session as the protocol says: send `close`, let the server close its side (it destroys the session,
+    then closes; closing first from here makes the server's own close fail loudly in its log), then close ours.
+    Never raises: a connection that is already gone has nothing left to close."""
+    ws, client._ws = client._ws, None
+    if ws is None:
+        return
+    try:
+        await ws.send(json.dumps({"type": "close"}))
+        await asyncio.wait_for(ws.wait_closed(), wait_s)
+    except Exception:  # gone, or the server did not close in time: close from this side
+        pass
+    try:
+        await ws.close()
+    except Exception:
+        pass
+
+
 class OpenEnvEnv(TextEnv):
     """An OpenEnv environment as an agentrl text env (module docstring)."""
 
@@ -121,6 +140,7 @@ class OpenEnvEnv(TextEnv):
         action_field: str = "message",
         text_field: str | None = None,
         num_instances: int = 1000,
+        pass_threshold: float = 1.0,
         system: str = "",
         connect_timeout_s: float = 30.0,
         message_timeout_s: float = 600.0,
@@ -135,6 +155,10 @@ class OpenEnvEnv(TextEnv):
                 raise ValueError(f"{name} must be a finite number > 0, got {value}")
         self.action_field, self.text_field, self.system = action_field, text_field, system
         self._num_instances = num_instances
+        if not math.isfinite(pass_threshold):
+            raise ValueError(f"pass_threshold must be a finite number, got {pass_threshold}")
+        self.pass_threshold = float(pass_threshold)
+        self._return = 0.0
         self.timeouts = (float(connect_timeout_s), float(message_timeout_s))
         self.server: _LoopbackServer | None = None
         if target.startswith(URL_SCHEMES):
@@ -151,10 +175,21 @@ class OpenEnvEnv(TextEnv):
                 )
             self.server = _serve(target, env_cls, act, obs)
             self.url = self.server.url
+        # The socket's event loop runs in a thread of its own so that WebSocket pings are answered while the model
+        # writes its reply (a server closes a connection whose pings go unanswered for ~40 s; a turn can take minutes)
         self._loop = asyncio.new_event_loop()
+        self._loop_thread = threading.Thread(target=self._loop.run_forever, name="agentrl-openenv-client", daemon=True)
+        self._loop_thread.start()
         self._client: Any = None
         self._live = False
         self._instance = 0
+        if self.server is None:  # a server of the user's: say now (before any weights load) when it cannot be reached
+            try:
+                self._connect()
+            except ConnectionError as err:
+                self.close()
+                raise ValueError(f"cannot reach the OpenEnv server (is it running? is the url right?): {err}") from None
+            self._drop()
 
     @property
     def num_instances(self) -> int:
@@ -166,21 +201,22 @@ class OpenEnvEnv(TextEnv):
         self._drop()
         connect_s, message_s = self.timeouts
         self._client = GenericEnvClient(self.url, connect_timeout_s=connect_s, message_timeout_s=message_s)
-        self._loop.run_until_complete(self._client.connect())
+        self._run(self._client.connect())
 
     def _drop(self) -> None:
         """Close the connection (a fresh one is opened on the next reset)."""
         client, self._client = self._client, None
         if client is not None:
-            try:
-                self._loop.run_until_complete(asyncio.wait_for(client.disconnect(), 5))
-            except Exception:  # the connection is already gone: nothing more to close
-                pass
+            self._run(_close(client))
 
     def _call(self, kind: str, payload: dict[str, Any]) -> dict[str, Any]:
         """One reset or step over the session's socket: the server's raw answer (`data`)."""
         client = self._client
-        return self._loop.run_until_complete(client._send_and_receive({"type": kind, "data": payload})).get("data", {})
+        return self._run(client._send_and_receive({"type": kind, "data": payload})).get("data", {})
+
+    def _run(self, coroutine: Any) -> Any:
+        """Run `coroutine` on the socket's loop and wait for it (its own time-outs bound the wait)."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
 
     def _text(self, observation: dict[str, Any]) -> str:
         if self.text_field is not None:
@@ -233,7 +269,7 @@ class OpenEnvEnv(TextEnv):
         except Exception:
             self._drop()
             raise
-        self._live = not done
+        self._live, self._return = not done, 0.0
         return text, self._info(text, first=True)
 
     def step(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
@@ -256,7 +292,8 @@ class OpenEnvEnv(TextEnv):
             self._drop()
             raise
         self._live = not done
-        return text, reward, done, False, self._info(text)
+        self._return += reward
+        return text, reward, done, False, self._info(text, won=done and self._return >= self.pass_threshold)
 
     def _cut(self, reason: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
         """The episode ends truncated with `reason`; the next reset connects afresh."""
@@ -267,6 +304,8 @@ class OpenEnvEnv(TextEnv):
     def close(self) -> None:
         if not self._loop.is_closed():
             self._drop()
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._loop_thread.join(timeout=10)
             self._loop.close()
         if self.server is not None and not self.server.shared:  # a shared one serves the process's other copies
             self.server.close()

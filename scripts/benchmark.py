@@ -13,8 +13,9 @@ Sections:
   padding  computed tokens that are padding, with and without length-grouped micro-batches; peak memory (RSS) of
            log-prob computation with full-vocabulary logits vs our chunked path (each in a fresh subprocess)
   rollout  ALFWorld episodes: generation / env / prompt time; env steps/s with 1 and 2 workers
-  hub      the same 2-turn cue task as a native env (CueBandit) and as a verifiers MultiTurnEnv (tests/vf_cue.py)
-           through the rollout with a scripted policy: episodes/s in-process and with 2 env workers (adapter cost)
+  hub      the same 2-turn cue task as a native env (CueBandit), as a verifiers MultiTurnEnv (tests/vf_cue.py) and as
+           an OpenEnv Environment served on loopback (tests/openenv_cue.py), through the rollout with a scripted
+           policy: episodes/s in-process and with 2 env workers (the adapters' cost)
   constrained  greedy constrained decoding of ALFWorld prompts: token by token vs skipping forced tokens (same replies)
   lora     full fine-tuning vs LoRA (rank 16, every projection): trainable parameters, peak memory (RSS, each in a
            fresh subprocess) and update time of the same learner update on the same batch
@@ -395,8 +396,8 @@ def bench_rollout(model, tok, quick: bool) -> dict[str, Any]:
 
 
 def bench_hub(quick: bool) -> dict[str, Any]:
-    """Episodes per second of one 2-turn cue task played natively and through the verifiers adapter (env time and
-    the rollout's bookkeeping only: a scripted policy answers, so no model runs)."""
+    """Episodes per second of one 2-turn cue task played natively and through the verifiers and OpenEnv adapters
+    (env time and the rollout's bookkeeping only: a scripted policy answers, so no model runs)."""
     from agentrl import envs
     from agentrl.envs.pool import EnvPool, env_factory
     from agentrl.policies.models import build_tiny_tokenizer
@@ -407,6 +408,7 @@ def bench_hub(quick: bool) -> dict[str, Any]:
     cases = {
         "native": ("agentrl/CueBandit-v0", {"turns": 2}),
         "verifiers": ("verifiers:tests.vf_cue", {"kind": "multi", "turns": 2}),
+        "openenv": ("openenv:tests.openenv_cue:TwoCues", {}),
     }
     tasks, group = (4, 4) if quick else (16, 8)
     out: dict[str, Any] = {"episodes": tasks * group}
@@ -422,8 +424,9 @@ def bench_hub(quick: bool) -> dict[str, Any]:
                     manager.run([Task(i, i, f"g{i}") for i in range(tasks)], seed=rep)
                 out[f"{name}_episodes_per_s_{workers}_workers"] = 3 * tasks * group / (time.perf_counter() - started)
     for workers in (0, 2):
-        native, hub = (out[f"{n}_episodes_per_s_{workers}_workers"] for n in cases)
-        out[f"verifiers_over_native_{workers}_workers"] = hub / native
+        native = out[f"native_episodes_per_s_{workers}_workers"]
+        for name in ("verifiers", "openenv"):
+            out[f"{name}_over_native_{workers}_workers"] = out[f"{name}_episodes_per_s_{workers}_workers"] / native
     return out
 
 

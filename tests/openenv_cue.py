@@ -8,6 +8,7 @@ import asyncio
 import json
 from typing import Any
 
+from fastapi import FastAPI, WebSocket  # module level: FastAPI resolves the string annotations in these globals
 from openenv.core.env_server.interfaces import Environment
 from openenv.core.env_server.types import Action, Observation, State
 
@@ -65,8 +66,6 @@ def faulty_app():
     """A server that speaks OpenEnv's /ws protocol and fails on its first step as the reset seed says: 0 answers
     well (done after one step), 1 closes with code 1000, 2 never answers, 3 sends the reward as a string, 4 omits
     `done`, 5 sends an observation that is a list, 6 closes with code 1011."""
-    from fastapi import FastAPI, WebSocket
-
     app = FastAPI()
 
     @app.websocket("/ws")

@@ -26,7 +26,11 @@ def faulty_url():
 
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(faulty_app(), log_level="warning", lifespan="off"))
+    # pings every 0.2 s, answered within 0.2 s or the server closes the connection (uvicorn's default: 20 s each)
+    config = uvicorn.Config(
+        faulty_app(), log_level="warning", lifespan="off", ws_ping_interval=0.2, ws_ping_timeout=0.2
+    )
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     while not server.started:
@@ -44,8 +48,10 @@ def test_a_served_class_plays_episodes_over_one_session_each():
     obs, reward, terminated, truncated, info = env.step("down")
     assert (reward, terminated, truncated) == (0.5, False, False) and "Correct. Cue: up." in obs
     assert info["messages"] == [{"role": "user", "content": obs}]
-    _, reward, terminated, _, _ = env.step("left")
-    assert (reward, terminated) == (0.0, True)
+    _, reward, terminated, _, info = env.step("left")
+    assert (reward, terminated, info["won"]) == (0.0, True, False)  # a return of 0.5, under pass_threshold (1.0)
+    env.reset(options={"instance": 1})
+    assert [env.step(word)[4]["won"] for word in ("down", "up")] == [False, True]  # both right: won when it ends
     env.reset(options={"instance": 2})  # the next episode: a fresh session on the same server
     assert env.step("left")[1] == 0.5
     env.close()
@@ -62,6 +68,7 @@ def test_dropped_closed_and_timed_out_connections_truncate_the_episode_and_the_n
         assert time.perf_counter() - started < 10
         [again] = pool.reset([(0, None, {"instance": 0})])  # a fresh connection: the next episode plays normally
         assert again.error is None and again.observation == "episode 0"
+        time.sleep(1.0)  # the model thinks for a while: the client answers the server's pings meanwhile
         [done] = pool.step([(0, "hi")])
         assert (done.reward, done.terminated, done.observation) == (1.0, True, "ok")
     pool.close()
@@ -87,17 +94,24 @@ def test_openenv_ids_are_checked_before_anything_runs():
         envs.probe_env("openenv:tests.openenv_cue:NoSuchEnvironment", {})
     with pytest.raises(ConfigError, match="Action and Observation"):
         envs.probe_env("openenv:tests.openenv_cue:Environment", {})
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))  # a port nothing listens on
+    with pytest.raises(ConfigError, match="cannot reach the OpenEnv server"):
+        envs.probe_env(f"openenv:http://127.0.0.1:{closed.getsockname()[1]}", {"connect_timeout_s": 5})
+    closed.close()
 
 
 def test_tiny_model_learns_a_task_served_by_openenv(tmp_path):
-    """CueBandit's task as an OpenEnv Environment served on loopback by the real openenv-core server: greedy panel
-    success rises by at least 40 points."""
+    """CueBandit's task (2 cues an episode, won with one right) as an OpenEnv Environment served on loopback by the
+    real openenv-core server, set as the verifiers learning test is: greedy panel success rises by at least 40
+    points."""
     from agentrl import trainer as trainer_module
 
     cfg = load_config(
-        ["experiment=cuebandit", f"env.id={SERVED}", "+env.kwargs.num_instances=64", f"trainer.run_dir={tmp_path}"]
-        + ["rollout.max_new_tokens=3", "trainer.random_baseline_seeds=0", "env.eval_instances=16"]
-        + ["trainer.iterations=60", "trainer.eval_every=60"]
+        ["experiment=cuebandit", "env.id=openenv:tests.openenv_cue:TwoCues", f"trainer.run_dir={tmp_path}"]
+        + ["+env.kwargs.num_instances=64", "+env.kwargs.pass_threshold=0.5", "+env.kwargs.system=Answer with one word."]
+        + ["rollout.max_turns=2", "rollout.eval_max_turns=2", "rollout.max_new_tokens=3"]
+        + ["trainer.random_baseline_seeds=0", "env.eval_instances=16", "trainer.iterations=25", "trainer.eval_every=25"]
     )
     result = trainer_module.train(cfg)
     before, after = result["before"]["eval/panel/success"], result["after"]["eval/panel/success"]
