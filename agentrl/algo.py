@@ -72,19 +72,25 @@ class AdaptiveRule(Choice):
 
     ess = "ess"  # keep the Hölder weights' effective sample size near a target
     dispersion = "dispersion"  # p from the spread of the log-ratios over a row's chosen tokens
+    kl = "kl"  # keep the update's approximate KL to π_old near a target (PPO's adaptive-KL controller, on p)
 
 
 @dataclass
 class AdaptivePConfig:
     """algo.p_schedule=adaptive: p for the next update from the current one's statistics, starting at p_start."""
 
-    rule: AdaptiveRule = option(AdaptiveRule.ess, "ess: weights' ESS near a target | dispersion: p from log-ratio std")
+    rule: AdaptiveRule = option(
+        AdaptiveRule.ess,
+        "ess: weights' ESS near a target | dispersion: p from log-ratio std | kl: PPO-KL near a target",
+    )
     p_min: float | None = option(None, "lowest p (None: the lower of p_start and p_end)")
     p_max: float | None = option(None, "highest p (None: the higher of p_start and p_end)")
     max_step: float = option(0.25, "largest change of p from one update to the next")
     ess_target: float = option(0.9, "rule ess: the weight ESS fraction to hold (below: p rises, above: p falls)")
     ess_gain: float = option(2.0, "rule ess: change of p per unit of (ESS − target)")
     dispersion_scale: float = option(0.2, "rule dispersion: the log-ratio std at which p reaches p_max")
+    kl_target: float = option(0.02, "rule kl: the update's PPO-KL to hold (above: p rises, below: p falls)")
+    kl_gain: float = option(0.2, "rule kl: change of p per unit of (KL − target) / target")
 
 
 @dataclass
@@ -124,6 +130,8 @@ class AlgoConfig:
             ess_target=a.ess_target,
             ess_gain=a.ess_gain,
             dispersion_scale=a.dispersion_scale,
+            kl_target=a.kl_target,
+            kl_gain=a.kl_gain,
         )
 
     def p_at(self, iteration: int, iterations: int) -> float:
@@ -162,9 +170,8 @@ class AlgoConfig:
             problems += check_loss_options(self.loss, self.loss_options(reply_length), self.clip_low, self.clip_high)
         if self.p_schedule == "adaptive":
             a = self.adaptive
-            found = controller_problems(
-                a.rule.value, *self._p_range(), a.max_step, a.ess_target, a.ess_gain, a.dispersion_scale
-            )
+            settings = (a.max_step, a.ess_target, a.ess_gain, a.dispersion_scale, a.kl_target, a.kl_gain)
+            found = controller_problems(a.rule.value, *self._p_range(), *settings)
             problems += [f"{problem} (algo.adaptive)" for problem in found]
             if a.rule == AdaptiveRule.ess and self.loss not in ("holder_seq", "holder_token"):
                 problems.append(

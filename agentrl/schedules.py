@@ -20,6 +20,9 @@ The paper's defaults: math 2 → −2 linear; ALFWorld 1 → −1 linear.
                                                    (tame ratios) p falls toward `low`
     dispersion  p ← low + (high − low) · min(1, σ / scale)   σ = train/log_ratio_std, the std of the log-ratios over
                                                    a row's chosen tokens: p → high as the ratios spread
+    kl          p ← p + gain · (KL − target) / target   KL = train/ppo_kl, the update's approximate KL to π_old (PPO's
+                                                   adaptive-KL controller, acting on p): an update that went far
+                                                   raises p toward `high`, a tame one lowers it toward `low`
 """
 
 from __future__ import annotations
@@ -87,7 +90,7 @@ class PController:
     Deterministic given the metrics rows it observes (rank-averaged, so every rank moves p alike); its state (p) is
     saved in each checkpoint, so a resumed run continues the same p sequence."""
 
-    INPUTS = {"ess": "train/weight_ess_frac", "dispersion": "train/log_ratio_std"}
+    INPUTS = {"ess": "train/weight_ess_frac", "dispersion": "train/log_ratio_std", "kl": "train/ppo_kl"}
 
     def __init__(
         self,
@@ -100,12 +103,17 @@ class PController:
         ess_target: float = 0.9,
         ess_gain: float = 2.0,
         dispersion_scale: float = 0.2,
+        kl_target: float = 0.02,
+        kl_gain: float = 0.2,
     ) -> None:
-        problems = controller_problems(rule, low, high, max_step, ess_target, ess_gain, dispersion_scale)
+        problems = controller_problems(
+            rule, low, high, max_step, ess_target, ess_gain, dispersion_scale, kl_target, kl_gain
+        )
         if problems:
             raise ConfigError("; ".join(problems))
         self.rule, self.low, self.high, self.max_step = rule, low, high, max_step
         self.ess_target, self.ess_gain, self.dispersion_scale = ess_target, ess_gain, dispersion_scale
+        self.kl_target, self.kl_gain = kl_target, kl_gain
         self._p = min(high, max(low, p_start))
 
     def p(self, iteration: int) -> float:
@@ -115,6 +123,8 @@ class PController:
         """Where the rule would put p, given its input `value` (before bounds and the rate limit)."""
         if self.rule == "ess":
             return self._p - self.ess_gain * (value - self.ess_target)
+        if self.rule == "kl":
+            return self._p + self.kl_gain * (value - self.kl_target) / self.kl_target
         return self.low + (self.high - self.low) * min(1.0, max(0.0, value) / self.dispersion_scale)
 
     def observe(self, row: Mapping[str, Any]) -> dict[str, float]:
@@ -144,7 +154,15 @@ class PController:
 
 
 def controller_problems(
-    rule: str, low: float, high: float, max_step: float, ess_target: float, ess_gain: float, scale: float
+    rule: str,
+    low: float,
+    high: float,
+    max_step: float,
+    ess_target: float,
+    ess_gain: float,
+    scale: float,
+    kl_target: float = 0.02,
+    kl_gain: float = 0.2,
 ) -> list[str]:
     """What is wrong with an adaptive controller's settings (empty: nothing)."""
     problems = []
@@ -152,7 +170,8 @@ def controller_problems(
         problems.append(f"adaptive p rule {rule!r} is not one of {sorted(PController.INPUTS)}")
     if not (math.isfinite(low) and math.isfinite(high) and low < high):
         problems.append(f"adaptive p needs a finite range low < high, got [{low}, {high}] (set p_min and p_max)")
-    for name, value in (("max_step", max_step), ("ess_gain", ess_gain), ("dispersion_scale", scale)):
+    positive = (("max_step", max_step), ("ess_gain", ess_gain), ("dispersion_scale", scale))
+    for name, value in (*positive, ("kl_target", kl_target), ("kl_gain", kl_gain)):
         if not (math.isfinite(value) and value > 0):
             problems.append(f"adaptive p {name} must be a finite number > 0, got {value}")
     if not 0 < ess_target <= 1:

@@ -74,7 +74,14 @@ def test_dispersion_rule_moves_p_toward_high_as_log_ratios_spread():
     assert monotone == sorted(monotone) and monotone[0] == -1.0
 
 
-@pytest.mark.parametrize("rule", ["ess", "dispersion"])
+def test_kl_rule_raises_p_after_an_update_that_went_far_and_lowers_it_after_a_tame_one():
+    control = _controller("kl", kl_target=0.02, kl_gain=0.2)
+    assert _drive(control, "train/ppo_kl", [0.0, 0.0, 0.01]) == pytest.approx([0.8, 0.6, 0.5])  # tame: −0.2, −0.1
+    assert _drive(control, "train/ppo_kl", [0.03, 1.09]) == pytest.approx([0.6, 0.85])  # far: +0.1, then capped
+    assert _drive(control, "train/ppo_kl", [0.02]) == pytest.approx([0.85])  # on target: p stays
+
+
+@pytest.mark.parametrize("rule", ["ess", "dispersion", "kl"])
 def test_controller_bounds_rate_limit_and_missing_inputs_hold(rule):
     name = PController.INPUTS[rule]
     control = _controller(rule, p_start=5.0, low=-2.0, high=0.5, max_step=0.1)
@@ -94,7 +101,7 @@ def test_controller_bounds_rate_limit_and_missing_inputs_hold(rule):
     with pytest.raises(ConfigError, match="no state of the adaptive p controller"):
         resumed.load_state_dict({})
     with pytest.raises(ConfigError, match="no state of the adaptive p controller"):
-        resumed.load_state_dict({"rule": "ess" if rule == "dispersion" else "dispersion", "p": 0.0})
+        resumed.load_state_dict({"rule": "ess" if rule != "ess" else "dispersion", "p": 0.0})
 
 
 def test_adaptive_settings_are_checked_before_weights_load():
