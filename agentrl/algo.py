@@ -67,6 +67,17 @@ class AdvantageConfig:
     )
 
 
+class PSchedule(Choice):
+    """The shape of the Hölder order over training (agentrl/schedules.py), or the adaptive controller."""
+
+    constant = "constant"
+    linear = "linear"  # the paper's: p_start -> p_end evenly
+    cosine = "cosine"
+    power = "power"  # x ** p_power
+    cubic = "cubic"
+    adaptive = "adaptive"  # p for the next update from the current one's statistics (algo.adaptive)
+
+
 class AdaptiveRule(Choice):
     """What the adaptive p controller (algo.p_schedule=adaptive) reads from each update (agentrl/schedules.py)."""
 
@@ -100,8 +111,8 @@ class AlgoConfig:
     loss_kwargs: dict[str, Any] = option(help="extra keyword options of that loss (e.g. agg)", factory=dict)
     clip_low: float = option(0.2, "ε below: ratios under 1 − ε are clipped")
     clip_high: float = option(0.2, "ε above: ratios over 1 + ε are clipped")
-    p_schedule: str = option(
-        "linear", "shape of the Hölder order over training: constant, linear, cosine, power, cubic, adaptive"
+    p_schedule: PSchedule = option(
+        PSchedule.linear, "shape of the Hölder order over training: constant, linear, cosine, power, cubic, adaptive"
     )
     p_start: float = option(1.0, "p at the first iteration")
     p_end: float = option(-1.0, "p at the schedule's last iteration")
@@ -118,9 +129,9 @@ class AlgoConfig:
 
     def order(self, iterations: int) -> FixedSchedule | PController:
         """What sets p for each update of a run of `iterations`: the fixed schedule, or the adaptive controller."""
-        if self.p_schedule != "adaptive":
+        if self.p_schedule != PSchedule.adaptive:
             steps = self.p_schedule_steps or iterations
-            return FixedSchedule(self.p_schedule, steps, self.p_start, self.p_end, self.p_power)
+            return FixedSchedule(str(self.p_schedule), steps, self.p_start, self.p_end, self.p_power)
         a = self.adaptive
         return PController(
             a.rule.value,
@@ -168,7 +179,7 @@ class AlgoConfig:
             problems.append(unknown_name_message("algo.loss", self.loss, POLICY_LOSSES))
         else:
             problems += check_loss_options(self.loss, self.loss_options(reply_length), self.clip_low, self.clip_high)
-        if self.p_schedule == "adaptive":
+        if self.p_schedule == PSchedule.adaptive:
             a = self.adaptive
             settings = (a.max_step, a.ess_target, a.ess_gain, a.dispersion_scale, a.kl_target, a.kl_gain)
             found = controller_problems(a.rule.value, *self._p_range(), *settings)
@@ -181,7 +192,7 @@ class AlgoConfig:
             return problems
         try:
             validate_schedule(
-                self.p_schedule, self.p_schedule_steps or iterations, self.p_start, self.p_end, self.p_power
+                str(self.p_schedule), self.p_schedule_steps or iterations, self.p_start, self.p_end, self.p_power
             )
         except ConfigError as err:
             problems.append(f"{err} (the schedule spans algo.p_schedule_steps, default trainer.iterations)")

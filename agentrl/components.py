@@ -85,7 +85,7 @@ class Components:
 def build_components(cfg: Config) -> Components:
     """Build a run's components from a validated config: env pools and panels first, weights last. Pools made before
     a later failure are closed."""
-    fmt = envs.make_prompt_format(cfg.env.id, cfg.env.prompt_format, **cfg.env.prompt.as_kwargs())
+    fmt = envs.make_prompt_format(cfg.env.id, cfg.env.prompt_format, **cfg.env.prompt_options())
     pools: list[EnvPool] = []
     try:
         sampler, panels = _env_side(cfg, pools)
@@ -141,6 +141,7 @@ def _model_side(
         seed=cfg.trainer.seed,
         ref_model=ref,
         sampler_matches_learner=sampler_matches_learner(cfg.model.backend),
+        temperature_compensation=cfg.exploration.temperature_compensation,
     )
     policy = make_policy(
         cfg.model.backend,

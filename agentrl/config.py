@@ -9,6 +9,7 @@ at once, with close matches and how to fix them.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import importlib
 import importlib.util
@@ -34,7 +35,7 @@ from agentrl.learner import LearnerConfig, check_correction
 from agentrl.policies.backends import sampler_matches_learner
 from agentrl.policies.models import TINY_HEADS, TINY_NAMES, ModelSpec, check_model_spec, resolve_precision
 from agentrl.policies.vllm import setting_problems as vllm_setting_problems
-from agentrl.rollout import RolloutConfig
+from agentrl.rollout import ExplorationConfig, RolloutConfig
 from agentrl.rundir import check_run_dir
 from agentrl.types import option
 
@@ -55,27 +56,6 @@ class EvalSet:
 
 
 @dataclass
-class PromptOptions:
-    """The `env.prompt` options, passed to the env's prompt format (unset ones keep the format's default).
-
-    environment / reasoning / lenient: AgentPromptFormat (ALFWorld, TextWorld, your own envs): the env's name in the
-    instructions, <think> reasoning before the <action> tag, accepting a reply that names an admissible action
-    without the tags. system: the system message of AnswerPromptFormat (math) and WordChoicePromptFormat.
-    extra: options of your own prompt format (env.prompt_format=module:Name), e.g. env.prompt.extra={style: terse}.
-    """
-
-    environment: str | None = option(None, "AgentPromptFormat: the env's name in the instructions")
-    reasoning: bool | None = option(None, "AgentPromptFormat: <think> reasoning before the <action> tag")
-    lenient: bool | None = option(None, "AgentPromptFormat: accept a reply naming an admissible action without tags")
-    system: str | None = option(None, "AnswerPromptFormat / WordChoicePromptFormat: the system message")
-    extra: dict[str, Any] = option(help="options of your own prompt format (env.prompt_format)", factory=dict)
-
-    def as_kwargs(self) -> dict[str, Any]:
-        named = {k: v for k, v in asdict(self).items() if k != "extra" and v is not None}
-        return {**named, **self.extra}
-
-
-@dataclass
 class EnvConfig:
     id: str = option("agentrl/CueBandit-v0", "a registered Gymnasium env id (agentrl/ALFWorld-v0, your own, ...)")
     kwargs: dict[str, Any] = option(
@@ -85,9 +65,18 @@ class EnvConfig:
         help="fixed evaluation panels: [{name, kwargs, panel}]", resume=True, factory=lambda: [EvalSet()]
     )
     eval_instances: int = option(32, "panel size: the first N instances of each eval set, in order", resume=True)
-    prompt: PromptOptions = option(help="options of the prompt format (env.prompt.*)", factory=PromptOptions)
+    # AgentPromptFormat (ALFWorld, TextWorld, your own envs) takes environment, reasoning, lenient; AnswerPromptFormat
+    # (math) and WordChoicePromptFormat take system; your own format (env.prompt_format) its own. The format checks
+    # them (a misspelt one fails with a close match); no + is needed: env.prompt.reasoning=false
+    prompt: dict[str, Any] = option(
+        help="options of the env's prompt format (env.prompt.<option>=...; unset: the format's default)", factory=dict
+    )
     prompt_format: str | None = option(None, '"module:ClassName" of a prompt-format class replacing the env\'s own')
     imports: list[str] = option(help="modules that register your own envs (imported first)", resume=True, factory=list)
+
+    def prompt_options(self) -> dict[str, Any]:
+        """The options passed to the prompt format (a null one keeps the format's default)."""
+        return {key: value for key, value in self.prompt.items() if value is not None}
 
 
 @dataclass
@@ -121,6 +110,9 @@ class Config:
     model: ModelSpec = option(help="the model", factory=lambda: ModelSpec(device="auto"))
     algo: AlgoConfig = option(help="the loss and its schedule", factory=AlgoConfig)
     rollout: RolloutConfig = option(help="how episodes are played", factory=RolloutConfig)
+    exploration: ExplorationConfig = option(
+        help="training temperatures: members, annealing, compensation", factory=ExplorationConfig
+    )
     learner: LearnerConfig = option(help="how updates are made", factory=LearnerConfig)
     trainer: TrainerConfig = option(help="the run", factory=TrainerConfig)
 
@@ -151,9 +143,11 @@ def load_config(overrides: list[str] | None = None, config_dir: Path = CONFIG_DI
 
     register_schemas()
     GlobalHydra.instance().clear()
+    # env.prompt.<option> sets an option of the prompt format (a free-form dict): no + needed, as for a field
+    given = [f"++{o}" if o.startswith("env.prompt.") else o for o in overrides or []]
     try:
         with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
-            composed = compose(config_name="config", overrides=list(overrides or []))
+            composed = compose(config_name="config", overrides=given)
         obj = OmegaConf.to_object(composed)
     except Exception as err:
         if isinstance(err, OmegaConfBaseException) or type(err).__module__.startswith("hydra"):
@@ -171,7 +165,7 @@ def load_config(overrides: list[str] | None = None, config_dir: Path = CONFIG_DI
         ]
         raise ConfigError(
             f"unknown config keys: {', '.join(hints)}; a + adds keys only to free-form dicts (env.kwargs, "
-            "env.prompt.extra, algo.loss_kwargs); agentrl-train --help lists the keys"
+            "env.prompt, algo.loss_kwargs); agentrl-train --help lists the keys"
         )
     obj.model.dtype = resolve_precision(obj.model)  # model.dtype=auto: bf16 or fp32 for this machine, saved as such
     return obj
@@ -189,7 +183,9 @@ def override_hint(detail: str, overrides: list[str]) -> str:
         full = missing.group(2) if missing.lastindex == 2 else missing.group(1)
         defaults = flatten(config_dict(Config()))
         parent = full.rpartition(".")[0]
-        if isinstance(defaults.get(parent), dict):  # a free-form dict (env.kwargs, algo.loss_kwargs, …)
+        if full in MOVED_KEYS:
+            hints.append(f"{full} is now {MOVED_KEYS[full]} (the exploration group)")
+        elif isinstance(defaults.get(parent), dict):  # a free-form dict (env.kwargs, algo.loss_kwargs, …)
             hints.append(f"a new key of {parent} takes a +: +{full}=...")
         else:
             close = difflib.get_close_matches(full, sorted(defaults), n=1, cutoff=0.6)
@@ -203,8 +199,39 @@ def override_hint(detail: str, overrides: list[str]) -> str:
     return "\nhint: " + "; ".join(hints) if hints else ""
 
 
+# keys that moved to the exploration group (2026-12-04): a config saved before (a run directory's config.yaml, a
+# checkpoint's config.json) is read with them in their new place
+MOVED_KEYS = {
+    "rollout.temperature": "exploration.temperature",
+    "rollout.member_temperatures": "exploration.member_temperatures",
+    "rollout.temperature_end": "exploration.temperature_end",
+    "learner.temperature_compensation": "exploration.temperature_compensation",
+}
+OLD_PROMPT_FIELDS = {"environment", "reasoning", "lenient", "system", "extra"}  # env.prompt before it was one dict
+
+
+def upgrade_saved(tree: dict[str, Any]) -> dict[str, Any]:
+    """A saved config (nested dict) in today's layout: keys moved since it was written in their new place, and
+    env.prompt's old fields (`extra` for a format's own options) as the one dict of options. Nothing else changes:
+    the schema then rejects what it does not know."""
+    tree = copy.deepcopy(tree)
+    for old, new in MOVED_KEYS.items():
+        (group, key), (new_group, new_key) = old.split("."), new.split(".")
+        if isinstance(tree.get(group), dict) and key in tree[group]:
+            value = tree[group].pop(key)
+            if isinstance(tree.setdefault(new_group, {}), dict):
+                tree[new_group].setdefault(new_key, value)
+    env = tree.get("env")
+    prompt = env.get("prompt") if isinstance(env, dict) else None
+    if isinstance(prompt, dict) and set(prompt) == OLD_PROMPT_FIELDS and isinstance(prompt["extra"] or {}, dict):
+        named = {key: value for key, value in prompt.items() if key != "extra" and value is not None}
+        env["prompt"] = {**named, **(prompt["extra"] or {})}
+    return tree
+
+
 def load_run_config(run_dir: Path) -> Config:
-    """The typed config a run was trained with (its config.yaml), checked against today's schema."""
+    """The typed config a run was trained with (its config.yaml, in today's layout), checked against today's
+    schema. Plain YAML values only: nothing in it is imported or called."""
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
@@ -212,7 +239,10 @@ def load_run_config(run_dir: Path) -> Config:
     if not path.is_file():
         raise ValueError(f"{path} does not exist; is {run_dir} a run directory?")
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(path))
+        saved = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+        if not isinstance(saved, dict):
+            raise ValueError("it is not a mapping of config groups")
+        merged = OmegaConf.merge(OmegaConf.structured(Config), upgrade_saved(saved))
         cfg = OmegaConf.to_object(merged)
     except (OmegaConfBaseException, ValueError) as err:
         raise ValueError(f"{path} does not fit the config schema: {err}") from None
@@ -250,7 +280,7 @@ def validate_config(cfg: Config, *, resources: bool = True) -> None:
         kwarg_problems = check_env_kwargs(cfg)
         problems += kwarg_problems
         try:
-            fmt = envs.make_prompt_format(cfg.env.id, cfg.env.prompt_format, **cfg.env.prompt.as_kwargs())
+            fmt = envs.make_prompt_format(cfg.env.id, cfg.env.prompt_format, **cfg.env.prompt_options())
         except ConfigError as err:
             problems.append(str(err))
         else:
@@ -260,8 +290,7 @@ def validate_config(cfg: Config, *, resources: bool = True) -> None:
     problems += cfg.algo.validate(cfg.trainer.iterations, cfg.rollout.max_new_tokens)
     problems += cfg.rollout.validate() + cfg.learner.validate() + check_backend(cfg)
     problems += check_world(cfg, distributed.from_env(), resources=resources)
-    if not cfg.rollout.temperature > 0:  # the learner scores the sampled distribution: logits / temperature
-        problems.append(f"rollout.temperature={cfg.rollout.temperature}: training samples need a temperature > 0")
+    problems += cfg.exploration.validate(cfg.rollout.group_size)
     if cfg.algo.advantage.step_weight and cfg.rollout.sample_mode != "window":
         problems.append(
             f"algo.advantage.step_weight={cfg.algo.advantage.step_weight} credits each turn's own row: it needs "
@@ -327,15 +356,15 @@ def check_backend(cfg: Config) -> list[str]:
     problems = check_correction(cfg.learner.mismatch.resolve(matches), cfg.algo.loss)
     if cfg.model.backend != "vllm":
         return problems
-    r = cfg.rollout  # every temperature the run samples at: the configured ones, at the start and end of annealing
-    sampled = r.training_temperatures(0, 2) + r.training_temperatures(1, 2) or [r.temperature]
+    x = cfg.exploration  # every temperature the run samples at: the configured ones, at the start and end of annealing
+    sampled = x.training_temperatures(0, 2) + x.training_temperatures(1, 2)
     tiny_on_cpu = cfg.model.name in TINY_NAMES and not cfg.model.device.startswith("cuda")
     return (
         problems
         + cfg.model.vllm.validate()
         + vllm_setting_problems(
-            hottest=max([*sampled, r.eval_temperature]),
-            constrained=r.constrained_actions,
+            hottest=max([*sampled, cfg.rollout.eval_temperature]),
+            constrained=cfg.rollout.constrained_actions,
             head_size=cfg.model.hidden_size // TINY_HEADS if tiny_on_cpu else None,
         )
     )
@@ -452,25 +481,27 @@ def resume_changes(saved: dict[str, Any], cfg: Config) -> tuple[list[str], list[
     env, …: it would silently mix two runs in one), and trainer.iterations when the p schedule or the temperature
     annealing spans the run (it would re-time it mid-run).
     """
-    old, new = flatten(saved), flatten(config_dict(cfg))
+    old, new = flatten(upgrade_saved(saved)), flatten(config_dict(cfg))
     for flat in (old, new):  # compare the schedule's effective length (0 means trainer.iterations; adaptive: none)
         if not flat.get("algo.p_schedule_steps") and flat.get("algo.p_schedule") != "adaptive":
             flat["algo.p_schedule_steps"] = flat.get("trainer.iterations")
     schedule_spans_run = (
         cfg.algo.p_schedule != "adaptive" and not cfg.algo.p_schedule_steps and cfg.algo.p_start != cfg.algo.p_end
     )
-    annealing = cfg.rollout.temperature_end is not None  # its schedule spans trainer.iterations too
+    annealing = cfg.exploration.temperature_end is not None  # its schedule spans trainer.iterations too
     facts = field_facts()
     refused, applied = [], []
     for key in sorted(set(old) | set(new)):
         if old.get(key, "<unset>") == new.get(key, "<unset>"):
             continue
+        if key not in old and key in facts and new[key] == facts[key]["default"]:
+            continue  # a setting added since the checkpoint was written, at its default (which keeps old behaviour)
         line = f"{key}: {old.get(key, '<unset>')!r} → {new.get(key, '<unset>')!r}"
         if key == "trainer.iterations" and schedule_spans_run:
             hint = f"the p schedule spans trainer.iterations; set algo.p_schedule_steps={old.get(key)} to keep it"
             refused.append(f"{line} ({hint})")
         elif key == "trainer.iterations" and annealing:
-            refused.append(f"{line} (rollout.temperature_end anneals the sampling temperature over trainer.iterations)")
+            refused.append(f"{line} (exploration.temperature_end anneals the temperatures over trainer.iterations)")
         elif resumable(key, facts):
             applied.append(line)
         else:

@@ -183,7 +183,7 @@ def _from_run(args: argparse.Namespace, s: dict[str, Any]) -> list[str]:
     else:
         s["env_kwargs"] = {**cfg.env.kwargs, **chosen.kwargs}
         s["panel"] = args.panel or chosen.panel
-    s.update(rollout=cfg.rollout, prompt_format=cfg.env.prompt_format, prompt=cfg.env.prompt.as_kwargs())
+    s.update(rollout=cfg.rollout, prompt_format=cfg.env.prompt_format, prompt=cfg.env.prompt_options())
     s["env"], s["instances"] = args.env or cfg.env.id, cfg.env.eval_instances
     s["backend"], s["vllm"] = args.backend or str(cfg.model.backend), cfg.model.vllm
     if not args.model and not args.agent:

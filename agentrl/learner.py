@@ -68,10 +68,6 @@ class LearnerConfig:
     # the rollout (no pass; verl's bypass mode). The sampler must score what the learner scores (same weights,
     # temperature and constraints); its gap is logged as mismatch/*.
     old_log_probs: OldLogProbs = option(OldLogProbs.recompute, "π_old for steps after the first: recompute | rollout")
-    # ∇_logits of T·log softmax(z/T)_a is e_a − softmax(z/T), so a row sampled hot pushes the logits as hard as one
-    # sampled at 1 (without it, a row at T gets 1/T of the push, and wins found by hot exploration barely teach the
-    # policy). Ratios and clipping are unchanged.
-    temperature_compensation: bool = option(False, "multiply each row's advantage by its sampling temperature")
     # with epochs >= 2 and only the top decoder layers training (LoRA on them), keep each sample's input to the
     # lowest trained layer from its first forward and run only the layers from there up afterwards (exact;
     # agentrl/prefix_cache.py). Off under torchrun.
@@ -153,8 +149,10 @@ class Learner:
         seed: int = 0,
         ref_model: torch.nn.Module | Literal["base"] | None = None,
         sampler_matches_learner: bool = True,
+        temperature_compensation: bool = False,
     ):
         """Each row is scored at the temperature it was sampled at (Sample.temperature, the rollout's record);
+        `temperature_compensation` (exploration.temperature_compensation) multiplies each row's advantage by it;
         `reply_length` the rollout's max_new_tokens (a loss's constant length normaliser defaults to it);
         `ref_model` the KL reference: a frozen model, or "base" for this model with its LoRA adapters off;
         `sampler_matches_learner`: whether the generation backend samples exactly the learner's distribution
@@ -178,6 +176,7 @@ class Learner:
         if problems:
             raise ConfigError("invalid learner config:\n  " + "\n  ".join(problems))
         self.model, self.cfg, self.precision = model, cfg, precision
+        self.temperature_compensation = temperature_compensation
         self.loss_fn = get_policy_loss(self.algo.loss)
         self.passed = passed_options(self.loss_fn)
         self.loss_kwargs = self.algo.loss_options(reply_length or 0)
@@ -443,8 +442,10 @@ class Learner:
 
     def _advantages(self, batch: Batch) -> torch.Tensor:
         """The advantages [B] the loss takes: the samples', times each row's sampling temperature when
-        `temperature_compensation` is on."""
-        if not self.cfg.temperature_compensation:
+        `temperature_compensation` is on (the gradient of log softmax(z/T) with respect to the logits is 1/T as
+        large: compensated, a row sampled hot pushes the logits as hard as one sampled at 1; ratios and clipping are
+        unchanged)."""
+        if not self.temperature_compensation:
             return batch.advantages
         return batch.advantages * batch.temperature
 

@@ -52,7 +52,7 @@ def iteration_row(
         "train/shared_state_frac": shared_state_fraction(episodes, cfg.algo.advantage.step_credit),
     }
     averaged = {
-        **temperature_metrics(cfg.rollout, temperatures, episodes),
+        **temperature_metrics(cfg.exploration, temperatures, episodes),
         **env_metrics(episodes),
         **c.rollout.timings.as_dict(),
         **update,

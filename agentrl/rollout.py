@@ -25,6 +25,60 @@ from agentrl.types import Episode, SampledWith, SampleMode, Turn, option
 
 
 @dataclass
+class ExplorationConfig:
+    """How training samples explore (the `exploration` group): the rollout samples group member k at
+    member_temperatures[k % len] (all at `temperature` when empty), every member scaled by the same factor from 1
+    at the first iteration to temperature_end / temperature at the last when annealing; each row keeps the
+    temperature it was sampled at, the learner scores it there and, with temperature_compensation, multiplies its
+    advantage by it. Evaluation samples at rollout.eval_temperature."""
+
+    temperature: float = option(1.0, "training sampling temperature (the learner scores each row at its own)")
+    # one group holds hot, exploring members and cold, near-greedy ones
+    member_temperatures: list[float] = option(
+        help="member k of a group samples at t[k mod len]; []: all at exploration.temperature", factory=list
+    )
+    temperature_end: float | None = option(None, "training temperatures anneal geometrically to this; None: constant")
+    # ∇_logits of T·log softmax(z/T)_a is e_a − softmax(z/T), so a row sampled hot pushes the logits as hard as one
+    # sampled at 1 (without it, a row at T gets 1/T of the push, and wins found by hot exploration barely teach the
+    # policy). Ratios and clipping are unchanged.
+    temperature_compensation: bool = option(False, "the learner multiplies each row's advantage by its temperature")
+
+    def training_temperatures(self, iteration: int, iterations: int) -> list[float]:
+        """The member temperatures of training iteration `iteration` (0-based) of `iterations`: member_temperatures
+        (or [temperature]), each scaled by (temperature_end / temperature) ** (iteration / (iterations - 1)) when
+        annealing."""
+        base = list(self.member_temperatures or [self.temperature])
+        if self.temperature_end is None:
+            return base
+        fraction = iteration / (iterations - 1) if iterations > 1 else 0.0
+        factor = (self.temperature_end / self.temperature) ** min(max(fraction, 0.0), 1.0)
+        return [t * factor for t in base]
+
+    def validate(self, group_size: int) -> list[str]:
+        problems = []
+        if not (math.isfinite(self.temperature) and self.temperature > 0):  # the learner scores logits / temperature
+            problems.append(
+                f"exploration.temperature={self.temperature}: training samples need a finite temperature > 0"
+            )
+        for value in self.member_temperatures:
+            if not (math.isfinite(value) and value > 0):
+                problems.append(
+                    f"exploration.member_temperatures: every entry must be a finite number > 0, got {value}"
+                )
+        end = self.temperature_end
+        if end is not None and not (math.isfinite(end) and end > 0):
+            problems.append(
+                f"exploration.temperature_end must be a finite number > 0 (or null: no annealing), got {end}"
+            )
+        if len(self.member_temperatures) > group_size:
+            problems.append(
+                f"exploration.member_temperatures has {len(self.member_temperatures)} entries for a group of "
+                f"{group_size}: the extra ones would never be used; give at most rollout.group_size"
+            )
+        return problems
+
+
+@dataclass
 class RolloutConfig:
     """The `rollout` config group: how episodes are played and how replies are sampled."""
 
@@ -45,14 +99,6 @@ class RolloutConfig:
     max_observation_chars: int = option(32_768, "a longer observation ends its episode", resume=True)
     env_memory_mb: int = option(8192, "address-space cap per env worker over its start size (0: none)", resume=True)
     pipeline_chunks: int = option(2, "> 1: generate chunk k+1 while the env workers step chunk k", resume=True)
-    temperature: float = option(1.0, "training sampling temperature (the learner scores this distribution)")
-    # group member k samples at member_temperatures[k % len] (each row then scored by the learner at its own), so
-    # one group holds hot, exploring members and cold, near-greedy ones
-    member_temperatures: list[float] = option(
-        help="training: member k of a group samples at t[k mod len]; []: all at rollout.temperature", factory=list
-    )
-    # member temperatures scale by the same factor; each row is scored by the learner at its iteration's
-    temperature_end: float | None = option(None, "training temperatures anneal geometrically to this; None: constant")
     top_p: float = option(1.0, "nucleus sampling (training)")
     max_new_tokens: int = option(512, "reply length limit (also Dr.GRPO's constant length normaliser)")
     stop: list[str] = option(help="stop strings ending a reply", factory=list)
@@ -79,25 +125,16 @@ class RolloutConfig:
 
     def sampling(self, seed: int | None, *, evaluation: bool = False, logprobs: bool = False) -> SamplingParams:
         """The sampling parameters for training or evaluation rollouts (`seed`: the run's base seed; `logprobs`:
-        keep the sampler's log-prob of every generated token)."""
+        keep the sampler's log-prob of every generated token). Training temperatures come per call from the
+        exploration settings (RolloutManager.run's `temperatures`); 1.0 is what a call without them samples at."""
         return SamplingParams(
-            temperature=self.eval_temperature if evaluation else self.temperature,
+            temperature=self.eval_temperature if evaluation else 1.0,
             top_p=1.0 if evaluation else self.top_p,
             max_new_tokens=self.eval_reply_tokens if evaluation else self.max_new_tokens,
             stop=list(self.stop),
             seed=seed,
             logprobs=logprobs,
         )
-
-    def training_temperatures(self, iteration: int, iterations: int) -> list[float]:
-        """The member temperatures of training iteration `iteration` (0-based) of `iterations`: `member_temperatures`
-        ([] = all at `temperature`), each scaled by (temperature_end / temperature) ** (iteration / (iterations - 1))
-        when annealing (then never [], so every episode carries the temperature the learner must score it at)."""
-        if self.temperature_end is None:
-            return list(self.member_temperatures)
-        fraction = iteration / (iterations - 1) if iterations > 1 else 0.0
-        factor = (self.temperature_end / self.temperature) ** min(max(fraction, 0.0), 1.0)
-        return [t * factor for t in (self.member_temperatures or [self.temperature])]
 
     def validate(self) -> list[str]:
         problems = []
@@ -123,21 +160,10 @@ class RolloutConfig:
         for name in ("history_length", "num_workers", "env_memory_mb"):
             if getattr(self, name) < 0:
                 problems.append(f"rollout.{name} must be >= 0, got {getattr(self, name)}")
-        for name, low in (("temperature", 0.0), ("eval_temperature", 0.0), ("invalid_penalty", 0.0)):
+        for name, low in (("eval_temperature", 0.0), ("invalid_penalty", 0.0)):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= low):
                 problems.append(f"rollout.{name} must be a finite number >= {low}, got {value}")
-        for value in self.member_temperatures:
-            if not (math.isfinite(value) and value > 0):
-                problems.append(f"rollout.member_temperatures: every entry must be a finite number > 0, got {value}")
-        end = self.temperature_end
-        if end is not None and not (math.isfinite(end) and end > 0):
-            problems.append(f"rollout.temperature_end must be a finite number > 0 (or null: no annealing), got {end}")
-        if len(self.member_temperatures) > self.group_size:
-            problems.append(
-                f"rollout.member_temperatures has {len(self.member_temperatures)} entries for a group of "
-                f"{self.group_size}: the extra ones would never be used; give at most rollout.group_size"
-            )
         if not (0.0 < self.top_p <= 1.0):
             problems.append(f"rollout.top_p must be in (0, 1], got {self.top_p}")
         if not (math.isfinite(self.env_timeout_s) and self.env_timeout_s > 0):
@@ -235,8 +261,8 @@ class RolloutManager:
         desc: str = "rollout",
     ) -> list[Episode]:
         """Play each task `group_size` times (same instance and env seed; different sampling) until all end.
-        `temperatures`: this call's member temperatures (RolloutConfig.training_temperatures; default: the config's
-        member_temperatures; ignored in evaluation)."""
+        `temperatures`: this call's member temperatures (ExplorationConfig.training_temperatures; default: all at
+        1.0; ignored in evaluation, which samples at rollout.eval_temperature)."""
         g = group_size or self.cfg.group_size
         sampling = sampling or self.sampling
         self.timings = RolloutTimings()
@@ -245,7 +271,7 @@ class RolloutManager:
         resets = self.pool.reset([(slot, t.seed, {"instance": t.instance}) for slot, t in enumerate(members)])
         self.timings.env_s += time.perf_counter() - started
         live = []
-        temps = [] if self.evaluation else list(self.cfg.member_temperatures if temperatures is None else temperatures)
+        temps = [] if self.evaluation else list(temperatures or [])
         temps = temps or [sampling.temperature]  # every episode records the temperature it samples at
         for slot, (task, result) in enumerate(zip(members, resets)):
             ep = Episode(
@@ -492,7 +518,7 @@ def env_metrics(episodes: list[Episode]) -> dict[str, float]:
 
 def success_by_temperature(episodes: list[Episode], scale: float = 1.0) -> dict[str, float]:
     """rollout/success_T<t> per member temperature, t named as configured: each episode's temperature divided by
-    `scale` (the iteration's annealing factor, rollout.temperature_end). Every rank holds the same number of
+    `scale` (the iteration's annealing factor, exploration.temperature_end). Every rank holds the same number of
     episodes at each temperature, so the mean over ranks is the run's rate."""
     by_temperature: dict[str, list[bool]] = {}
     for e in episodes:
@@ -500,10 +526,10 @@ def success_by_temperature(episodes: list[Episode], scale: float = 1.0) -> dict[
     return {f"rollout/success_T{t}": sum(won) / len(won) for t, won in sorted(by_temperature.items(), key=_by_value)}
 
 
-def temperature_metrics(cfg: RolloutConfig, temperatures: list[float], episodes: list[Episode]) -> dict[str, float]:
-    """A training iteration's temperature metrics: rollout/temperature when annealing (rollout.temperature_end) and
-    rollout/success_T<t> per configured member temperature (rollout.member_temperatures); `temperatures`: the
-    iteration's (RolloutConfig.training_temperatures)."""
+def temperature_metrics(cfg: ExplorationConfig, temperatures: list[float], episodes: list[Episode]) -> dict[str, float]:
+    """A training iteration's temperature metrics: rollout/temperature when annealing (exploration.temperature_end)
+    and rollout/success_T<t> per configured member temperature (exploration.member_temperatures); `temperatures`:
+    the iteration's (ExplorationConfig.training_temperatures)."""
     base = cfg.member_temperatures or [cfg.temperature]
     scale = temperatures[0] / base[0] if temperatures else 1.0
     out = {"rollout/temperature": cfg.temperature * scale} if cfg.temperature_end is not None else {}

@@ -78,7 +78,7 @@ def _train(cfg: Config, run_dir: Path, candidates: Candidates) -> dict[str, Any]
             t0 = time.perf_counter()
             # whole groups per rank; each rank samples with its own seed (rank 0's is the one process's)
             tasks = distributed.split(c.sampler.tasks(it, cfg.rollout.tasks_per_iteration))
-            temperatures = cfg.rollout.training_temperatures(it, cfg.trainer.iterations)
+            temperatures = cfg.exploration.training_temperatures(it, cfg.trainer.iterations)
             episodes = c.rollout.run(
                 tasks, seed=it * place.world + place.rank, temperatures=temperatures, progress=progress
             )

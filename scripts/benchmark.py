@@ -478,9 +478,7 @@ def bench_vllm(model, tok, quick: bool) -> dict[str, Any]:
 
     cfg = load_config(["experiment=quickstart"])
     # free-text replies at temperature 1 in the agent protocol's prompt (constrained decoding is transformers-only)
-    rollout = replace(
-        cfg.rollout, constrained_actions=False, temperature=1.0, member_temperatures=[], temperature_end=None
-    )
+    rollout = replace(cfg.rollout, constrained_actions=False)  # manager.run without temperatures samples at 1
     fmt = envs.make_prompt_format(cfg.env.id, None, reasoning=False, lenient=True)
     factory = alfworld_factory(max_episode_steps=rollout.max_turns)
     started = time.perf_counter()
@@ -514,7 +512,7 @@ def bench_vllm(model, tok, quick: bool) -> dict[str, Any]:
     out["canary_gap"] = max(g for _, _, g in syncs)
     out["workload"] = (
         f"{rollout.tasks_per_iteration} tasks x {rollout.group_size}, up to {rollout.max_turns} turns, "
-        f"{rollout.max_new_tokens}-token replies, temperature {rollout.temperature}"
+        f"{rollout.max_new_tokens}-token replies, temperature 1"
     )
     engine.close()
     return out

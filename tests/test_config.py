@@ -15,7 +15,7 @@ import pytest
 
 from agentrl import trainer as trainer_module
 from agentrl.algo import AlgoConfig
-from agentrl.config import Config, load_config, validate_config
+from agentrl.config import Config, config_dict, load_config, upgrade_saved, validate_config
 from agentrl.errors import ConfigError
 from agentrl.learner import LearnerConfig
 from agentrl.policies.models import ModelSpec
@@ -93,12 +93,32 @@ def test_fixed_value_fields_are_rejected_when_composed():
 
 
 def test_keys_added_with_a_plus_outside_free_form_dicts_are_refused_not_dropped():
-    """`+env.prompt.lenent=true` was accepted and silently dropped (lenient stayed unset)."""
-    with pytest.raises(ConfigError, match="unknown config keys: env.prompt.lenent \\(did you mean env.prompt.lenient"):
-        load_config(["+env.prompt.lenent=true"])
+    """`+learner.lrr=1` would be accepted by Hydra and silently dropped; env.prompt is the prompt format's own dict
+    of options (set with or without a +), and the format refuses a misspelt one with a close match."""
     with pytest.raises(ConfigError, match="learner.lrr \\(did you mean learner.lr\\?\\)"):
         load_config(["+learner.lrr=1"])
-    assert load_config(["+env.prompt.extra.style=terse"]).env.prompt.extra == {"style": "terse"}  # free-form: kept
+    assert load_config(["+env.prompt.style=terse"]).env.prompt == {"style": "terse"}  # free-form: kept
+    cfg = load_config(["experiment=alfworld_paper", "env.prompt.lenient=true", "env.prompt.reasoning=false"])
+    assert cfg.env.prompt == {"lenient": True, "reasoning": False}  # no + needed
+    cfg = load_config(["env=alfworld", "env.prompt.lenent=true"])
+    with pytest.raises(ConfigError, match="lenent.*did you mean 'lenient'"):
+        validate_config(cfg, resources=False)
+
+
+def test_moved_keys_name_their_new_place():
+    """rollout.temperature and friends moved to the exploration group: the old key fails with the new one named,
+    and a config saved before the move (run directory, checkpoint) reads as today's."""
+    with pytest.raises(ConfigError, match="rollout.temperature_end is now exploration.temperature_end"):
+        load_config(["rollout.temperature_end=1"])
+    old = config_dict(load_config(["experiment=quickstart"]))
+    x = old.pop("exploration")
+    old["rollout"].update(temperature=x["temperature"], member_temperatures=x["member_temperatures"])
+    old["rollout"]["temperature_end"] = x["temperature_end"]
+    old["learner"]["temperature_compensation"] = x["temperature_compensation"]
+    options = old["env"]["prompt"]
+    old["env"]["prompt"] = {"environment": None, "reasoning": None, "lenient": None, "system": options.pop("system")}
+    old["env"]["prompt"]["extra"] = options
+    assert upgrade_saved(old) == config_dict(load_config(["experiment=quickstart"]))
 
 
 def test_a_seed_out_of_range_and_an_impossible_tiny_model_are_config_errors(no_weights):

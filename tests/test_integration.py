@@ -44,7 +44,6 @@ def test_smollm2_rollout_on_generated_alfworld(smollm2, games):
         max_turns=3,
         max_prompt_tokens=1536,
         num_workers=2,
-        temperature=1.0,
         max_new_tokens=32,
         stop=["</action>"],
     )
@@ -68,7 +67,7 @@ def test_smollm2_rollout_on_generated_alfworld(smollm2, games):
 def test_smollm2_rollout_on_math(smollm2, shared_data):
     model, tok = smollm2
     factory = env_factory("agentrl/Math-v0", data_path=str(shared_data / "gsm8k_test.jsonl"))
-    cfg = RolloutConfig(group_size=2, max_turns=1, temperature=1.0, max_new_tokens=48)
+    cfg = RolloutConfig(group_size=2, max_turns=1, max_new_tokens=48)
     with EnvPool(factory, num_workers=0) as pool:
         fmt = envs.make_prompt_format("agentrl/Math-v0")
         manager = RolloutManager(pool, HFPolicy(model, tok), tok, fmt, cfg, seed=0)

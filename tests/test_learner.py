@@ -9,6 +9,7 @@ import torch
 
 from agentrl.algo import AlgoConfig
 from agentrl.learner import Learner, LearnerConfig
+from agentrl.rollout import ExplorationConfig
 from agentrl.scoring import collate, length_grouped, token_log_probs
 from tests.conftest import make_tiny, random_samples
 
@@ -235,8 +236,7 @@ def test_activation_checkpointing_gives_the_same_update():
 
 
 def test_temperature_compensation_scales_each_rows_advantage_by_its_sampling_temperature():
-    """learner.temperature_compensation: the loss sees advantage × the temperature each row was sampled at (the
-    learner's for rows without one), so a row's push on the logits does not shrink with T: the gradient of
+    """exploration.temperature_compensation: the loss sees advantage × the temperature each row was sampled at, so a row's push on the logits does not shrink with T: the gradient of
     T·log softmax(z/T)_a is e_a − softmax(z/T). Same gradients as scaling the advantages by hand; off by default."""
     z = torch.randn(7, dtype=torch.float64, requires_grad=True)
     for t in (0.5, 3.0, 40.0):
@@ -254,7 +254,7 @@ def test_temperature_compensation_scales_each_rows_advantage_by_its_sampling_tem
         rows = copy.deepcopy(samples)
         for s, k in zip(rows, scale):
             s.advantage *= k
-        learner = Learner(m, LearnerConfig(temperature_compensation=compensate))
+        learner = Learner(m, LearnerConfig(), temperature_compensation=compensate)
         old = learner.log_probs(m, rows)
         noise = torch.Generator().manual_seed(0)
         old = [o + 0.05 * torch.randn(o.shape, generator=noise) for o in old]  # off-policy: the clip acts
@@ -267,4 +267,4 @@ def test_temperature_compensation_scales_each_rows_advantage_by_its_sampling_tem
     for a, b in zip(compensated, manual):
         assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)
     assert max((a - b).abs().max() for a, b in zip(compensated, plain)) > 1e-3  # it changes the update
-    assert not LearnerConfig().temperature_compensation
+    assert not ExplorationConfig().temperature_compensation

@@ -139,12 +139,11 @@ def test_backend_config_is_checked_before_weights_load(monkeypatch):
             "experiment=cuebandit",
             "model.backend=vllm",
             "rollout.constrained_actions=true",
-            "model.vllm.dtype=int4",
             "learner.mismatch.cap=0.5",
-            "rollout.temperature=1",
-            "rollout.temperature_end=2",  # annealing to 2 from 1: the members end at 2 and 6
+            "exploration.temperature=1",
+            "exploration.temperature_end=2",  # annealing to 2 from 1: the members end at 2 and 6
             "rollout.group_size=2",
-            "rollout.member_temperatures=[1,3]",
+            "exploration.member_temperatures=[1,3]",
         ]
     )
     real = importlib.util.find_spec
@@ -153,7 +152,6 @@ def test_backend_config_is_checked_before_weights_load(monkeypatch):
         validate_config(cfg)
     text = str(err.value)
     for needle in (
-        "model.vllm.dtype='int4'",
         "constrained_actions=true runs on the transformers backend",
         "model.backend=vllm samples at temperatures up to 2",
         "this config samples at 6",
@@ -163,12 +161,14 @@ def test_backend_config_is_checked_before_weights_load(monkeypatch):
         assert needle in text, text
     with pytest.raises(ConfigError, match="model.backend"):
         load_config(["model.backend=sglang"])
+    with pytest.raises(ConfigError, match="model.vllm.dtype"):  # a fixed set of values: refused as the config loads
+        load_config(["model.vllm.dtype=int4"])
     fine = load_config(["experiment=cuebandit", "model.backend=vllm", "model.hidden_size=128"])
     quickstart = ["experiment=quickstart", "model.backend=vllm", "rollout.constrained_actions=false"]
     monkeypatch.undo()
     with pytest.raises(ConfigError, match="this config samples at 100"):  # its hot members, on a backend that can't
         validate_config(load_config(quickstart), resources=False)
-    as_readme = ["rollout.temperature=1", "rollout.member_temperatures=[]", "rollout.temperature_end=null"]
+    as_readme = ["exploration.temperature=1", "exploration.member_temperatures=[]", "exploration.temperature_end=null"]
     validate_config(load_config([*quickstart, *as_readme]), resources=False)  # the README's vLLM quickstart command
     validate_config(fine, resources=False)
 

@@ -258,7 +258,7 @@ ALFWORLD = {
     "rollout.max_prompt_tokens": 2048,
     "rollout.max_new_tokens": 512,
     "rollout.invalid_penalty": 0.1,
-    "rollout.temperature": 1.0,
+    "exploration.temperature": 1.0,
     "rollout.eval_temperature": 0.4,
     "rollout.sample_mode": "window",
     "rollout.length_limited_is_invalid": False,
@@ -295,7 +295,7 @@ MATH = {
     "rollout.tasks_per_iteration": 128,
     "rollout.max_new_tokens": 3000,
     "rollout.max_prompt_tokens": 1024,
-    "rollout.temperature": 1.0,
+    "exploration.temperature": 1.0,
     "rollout.eval_temperature": 0.0,
     "rollout.eval_max_new_tokens": 4096,
     "rollout.length_limited_scores_zero": True,
@@ -319,7 +319,7 @@ MATH = {
 def _get(cfg, dotted: str):
     value = cfg
     for part in dotted.split("."):
-        value = value[part] if isinstance(value, dict) else getattr(value, part)
+        value = value.get(part) if isinstance(value, dict) else getattr(value, part)  # a dict's absent key: unset
     return value
 
 

@@ -16,6 +16,7 @@ from agentrl.policies.base import SamplingParams
 from agentrl.policies.hf import HFPolicy
 from agentrl.policies.scripted import ScriptedPolicy, echo_admissible
 from agentrl.rollout import (
+    ExplorationConfig,
     RolloutConfig,
     RolloutManager,
     Task,
@@ -35,7 +36,6 @@ def _manager(tokenizer, policy, *, turns=3, mode="window", max_new=8, max_prompt
         history_length=history,
         max_prompt_tokens=max_prompt,
         sample_mode=mode,
-        temperature=1.0,
         max_new_tokens=max_new,
     )
     fmt = envs.make_prompt_format("agentrl/CueBandit-v0")
@@ -240,16 +240,17 @@ def test_special_token_strings_in_env_text_stay_plain_text(tiny_tokenizer):
 
 @pytest.mark.parametrize("mode", ["window", "full"])
 def test_member_temperatures_sample_each_member_at_its_own_and_the_learner_scores_it_there(tiny_tokenizer, mode):
-    """rollout.member_temperatures: group member k samples at temperatures[k % len]; its samples carry it and the
+    """exploration.member_temperatures: group member k samples at temperatures[k % len]; its samples carry it and the
     learner's log-probs (its own default temperature differs from both) are the sampler's at that temperature."""
     model, tok = make_tiny(seed=4)
     with torch.no_grad():  # a peaked distribution (a random tiny model's is near uniform: temperature barely matters)
         model.get_output_embeddings().weight.mul_(30.0)
     pool = EnvPool(env_factory("agentrl/CueBandit-v0", turns=2), num_workers=0)
-    cfg = RolloutConfig(group_size=4, max_turns=2, sample_mode=mode, max_new_tokens=6, member_temperatures=[0.5, 3.0])
+    cfg = RolloutConfig(group_size=4, max_turns=2, sample_mode=mode, max_new_tokens=6)
+    members = ExplorationConfig(member_temperatures=[0.5, 3.0]).training_temperatures(0, 1)
     fmt = envs.make_prompt_format("agentrl/CueBandit-v0")
     manager = RolloutManager(pool, HFPolicy(model, tok), tok, fmt, cfg, seed=0, logprobs=True)
-    episodes = manager.run([Task(0, 0, "a"), Task(1, 1, "b")], seed=2)
+    episodes = manager.run([Task(0, 0, "a"), Task(1, 1, "b")], seed=2, temperatures=members)
     evaluation = RolloutManager(pool, HFPolicy(model, tok), tok, fmt, cfg, evaluation=True).run([Task(0, 0, "e")])
     pool.close()
     assert [e.temperature for e in episodes] == [0.5, 3.0, 0.5, 3.0] * 2
@@ -286,35 +287,38 @@ def test_member_temperatures_sample_each_member_at_its_own_and_the_learner_score
 
 
 def test_member_temperatures_must_be_positive():
-    problems = RolloutConfig(member_temperatures=[1.0, 0.0, float("nan")]).validate()
+    problems = ExplorationConfig(member_temperatures=[1.0, 0.0, float("nan")]).validate(group_size=8)
     assert sum("member_temperatures" in p for p in problems) == 2, problems
-    problems = RolloutConfig(group_size=2, member_temperatures=[1.0, 2.0, 3.0]).validate()
+    problems = ExplorationConfig(member_temperatures=[1.0, 2.0, 3.0]).validate(group_size=2)
     assert len(problems) == 1 and "at most rollout.group_size" in problems[0], problems
+    for bad in (0.0, float("nan")):
+        problems = ExplorationConfig(temperature=bad).validate(group_size=8)
+        assert len(problems) == 1 and "exploration.temperature=" in problems[0], problems
 
 
 def test_training_temperatures_anneal_geometrically_from_temperature_to_temperature_end():
-    cfg = RolloutConfig(temperature=10.0, temperature_end=1.0)
+    cfg = ExplorationConfig(temperature=10.0, temperature_end=1.0)
     assert [cfg.training_temperatures(i, 3) for i in range(3)] == [[10.0], [pytest.approx(10**0.5)], [1.0]]
     assert cfg.training_temperatures(0, 1) == [10.0]  # one iteration: the start temperature
-    members = RolloutConfig(temperature=10.0, temperature_end=5.0, group_size=2, member_temperatures=[10.0, 2.0])
+    members = ExplorationConfig(temperature=10.0, temperature_end=5.0, member_temperatures=[10.0, 2.0])
     assert members.training_temperatures(1, 2) == [5.0, 1.0]  # every member scaled by the same factor
-    assert RolloutConfig(member_temperatures=[3.0]).training_temperatures(5, 9) == [3.0]  # no annealing
-    assert RolloutConfig().training_temperatures(5, 9) == []  # nothing set: every member at rollout.temperature
+    assert ExplorationConfig(member_temperatures=[3.0]).training_temperatures(5, 9) == [3.0]  # no annealing
+    assert ExplorationConfig(temperature=2.0).training_temperatures(5, 9) == [2.0]  # no members: all at temperature
     for bad in (0.0, -1.0, float("inf")):
-        problems = RolloutConfig(temperature_end=bad).validate()
-        assert len(problems) == 1 and "rollout.temperature_end" in problems[0], problems
+        problems = ExplorationConfig(temperature_end=bad).validate(group_size=8)
+        assert len(problems) == 1 and "exploration.temperature_end" in problems[0], problems
 
 
 def test_annealed_temperatures_reach_the_episodes_and_metrics_name_the_configured_ones(tiny_tokenizer):
-    """Rollout.run(temperatures=…) (the trainer passes RolloutConfig.training_temperatures): members sample at the
+    """Rollout.run(temperatures=…) (the trainer passes ExplorationConfig.training_temperatures): members sample at the
     given temperatures and carry them (so the learner scores each row there); evaluation ignores them; the
     per-member success metrics keep the configured names while the values anneal."""
     model, tok = make_tiny(seed=4)
     pool = EnvPool(env_factory("agentrl/CueBandit-v0", turns=1), num_workers=0)
-    cfg = RolloutConfig(group_size=2, max_turns=1, max_new_tokens=4, member_temperatures=[0.5, 3.0], temperature=0.5)
-    cfg.temperature_end = 0.25
+    cfg = RolloutConfig(group_size=2, max_turns=1, max_new_tokens=4)
+    explore = ExplorationConfig(member_temperatures=[0.5, 3.0], temperature=0.5, temperature_end=0.25)
     fmt = envs.make_prompt_format("agentrl/CueBandit-v0")
-    annealed = cfg.training_temperatures(1, 2)
+    annealed = explore.training_temperatures(1, 2)
     assert annealed == [0.25, 1.5]
     episodes = RolloutManager(pool, HFPolicy(model, tok), tok, fmt, cfg).run([Task(0, 0, "a")], temperatures=annealed)
     evaluation = RolloutManager(pool, HFPolicy(model, tok), tok, fmt, cfg, evaluation=True)
@@ -323,10 +327,13 @@ def test_annealed_temperatures_reach_the_episodes_and_metrics_name_the_configure
     assert [e.temperature for e in episodes] == [0.25, 1.5]
     assert all(e.temperature == cfg.eval_temperature for e in evaluated)  # annealing is for training only
     episodes[0].won, episodes[1].won = True, False
-    assert temperature_metrics(cfg, annealed, episodes) == {
+    assert temperature_metrics(explore, annealed, episodes) == {
         "rollout/temperature": 0.25,
         "rollout/success_T0.5": 1.0,
         "rollout/success_T3": 0.0,
     }
-    cfg.temperature_end = None  # constant temperatures: no rollout/temperature, names are the episodes' own
-    assert temperature_metrics(cfg, [0.5, 3.0], episodes) == {"rollout/success_T0.25": 1.0, "rollout/success_T1.5": 0.0}
+    explore.temperature_end = None  # constant temperatures: no rollout/temperature, names are the episodes' own
+    assert temperature_metrics(explore, [0.5, 3.0], episodes) == {
+        "rollout/success_T0.25": 1.0,
+        "rollout/success_T1.5": 0.0,
+    }

@@ -35,7 +35,7 @@ def _eval(run: Path, tmp_path: Path, *extra: str) -> str:
 
 def test_a_run_config_cannot_call_a_function_as_prompt_format(tmp_path, capsys):
     marker = tmp_path / "pwned"
-    run = _run_dir(tmp_path, prompt_format="os:system", prompt={"extra": {"command": f"touch {marker}"}})
+    run = _run_dir(tmp_path, prompt_format="os:system", prompt={"command": f"touch {marker}"})
     _eval(run, tmp_path)
     assert not marker.exists()
     assert "not a prompt-format class" in capsys.readouterr().err
@@ -68,7 +68,7 @@ def test_only_prompt_format_classes_load_from_the_command_line_too():
         envs.make_prompt_format("agentrl/CueBandit-v0", "os:system")
     with pytest.raises(ConfigError, match="not a prompt-format class"):  # a class, but not a prompt format
         envs.make_prompt_format("agentrl/CueBandit-v0", "subprocess:Popen", args=["true"])
-    cfg = load_config(["experiment=cuebandit", "env.prompt_format=os:system", "+env.prompt.extra.command=true"])
+    cfg = load_config(["experiment=cuebandit", "env.prompt_format=os:system", "+env.prompt.command=true"])
     with pytest.raises(ConfigError, match="not a prompt-format class"):
         validate_config(cfg, resources=False)
     fmt = envs.make_prompt_format("agentrl/ALFWorld-v0", "agentrl.envs.prompting:TersePromptFormat")

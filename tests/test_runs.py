@@ -187,9 +187,9 @@ def test_adaptive_p_resumes_the_same_p_sequence_and_weights(tmp_path):
 
 
 def test_resume_refuses_new_iterations_while_the_temperature_anneals():
-    """rollout.temperature_end spans trainer.iterations: a longer resumed run would re-time the annealing."""
+    """exploration.temperature_end spans trainer.iterations: a longer resumed run would re-time the annealing."""
     common = ["experiment=cuebandit", "algo.p_schedule_steps=4"]  # the p schedule alone would allow it
-    for anneal, refused_expected in ((["rollout.temperature_end=0.5"], True), ([], False)):
+    for anneal, refused_expected in ((["exploration.temperature_end=0.5"], True), ([], False)):
         saved = config_dict(load_config([*common, *anneal, "trainer.iterations=4"]))
         refused, applied = resume_changes(saved, load_config([*common, *anneal, "trainer.iterations=8"]))
         assert any("temperature_end anneals" in r for r in refused) == refused_expected, refused
@@ -292,11 +292,11 @@ def test_non_finite_settings_are_all_rejected_before_weights_load(tmp_path, monk
     import agentrl.policies.models as models
 
     monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("weights loaded"))
-    bad = ["learner.lr=nan", "learner.max_grad_norm=inf", "algo.clip_low=-1", "rollout.temperature=nan"]
+    bad = ["learner.lr=nan", "learner.max_grad_norm=inf", "algo.clip_low=-1", "exploration.temperature=nan"]
     with pytest.raises(ConfigError) as err:
         trainer_module.train(_cfg(tmp_path, *bad))
     message = str(err.value)
-    for key in ("learner.lr", "learner.max_grad_norm", "clip", "rollout.temperature"):
+    for key in ("learner.lr", "learner.max_grad_norm", "clip", "exploration.temperature"):
         assert key in message, (key, message)
 
 
