@@ -20,7 +20,7 @@ import torch
 
 from agentrl.errors import ConfigError, unknown_name_message
 from agentrl.losses import LEARNER_PASSED_OPTIONS, POLICY_LOSSES, passed_options
-from agentrl.schedules import FixedSchedule, PController, controller_problems, validate_schedule
+from agentrl.schedules import FixedSchedule, PController
 from agentrl.types import Choice, option
 
 
@@ -134,7 +134,7 @@ class AlgoConfig:
             return FixedSchedule(str(self.p_schedule), steps, self.p_start, self.p_end, self.p_power)
         a = self.adaptive
         return PController(
-            a.rule.value,
+            str(a.rule),
             self.p_start,
             *self._p_range(),
             a.max_step,
@@ -179,23 +179,19 @@ class AlgoConfig:
             problems.append(unknown_name_message("algo.loss", self.loss, POLICY_LOSSES))
         else:
             problems += check_loss_options(self.loss, self.loss_options(reply_length), self.clip_low, self.clip_high)
-        if self.p_schedule == PSchedule.adaptive:
-            a = self.adaptive
-            settings = (a.max_step, a.ess_target, a.ess_gain, a.dispersion_scale, a.kl_target, a.kl_gain)
-            found = controller_problems(a.rule.value, *self._p_range(), *settings)
-            problems += [f"{problem} (algo.adaptive)" for problem in found]
-            if a.rule == AdaptiveRule.ess and self.loss not in ("holder_seq", "holder_token"):
-                problems.append(
-                    f"algo.adaptive.rule=ess reads the Hölder weights' ESS, which algo.loss={self.loss} does not "
-                    "report: use holder_seq or holder_token, or algo.adaptive.rule=dispersion"
-                )
-            return problems
+        adaptive = self.p_schedule == PSchedule.adaptive
         try:
-            validate_schedule(
-                str(self.p_schedule), self.p_schedule_steps or iterations, self.p_start, self.p_end, self.p_power
-            )
+            self.order(iterations)  # the schedule or controller checks its own settings
         except ConfigError as err:
-            problems.append(f"{err} (the schedule spans algo.p_schedule_steps, default trainer.iterations)")
+            where = (
+                "algo.adaptive" if adaptive else "the schedule spans algo.p_schedule_steps, default trainer.iterations"
+            )
+            problems.append(f"{err} ({where})")
+        if adaptive and self.adaptive.rule == AdaptiveRule.ess and self.loss not in ("holder_seq", "holder_token"):
+            problems.append(
+                f"algo.adaptive.rule=ess reads the Hölder weights' ESS, which algo.loss={self.loss} does not "
+                "report: use holder_seq or holder_token, or algo.adaptive.rule=dispersion"
+            )
         return problems
 
 

@@ -67,7 +67,7 @@ class EnvConfig:
     eval_instances: int = option(32, "panel size: the first N instances of each eval set, in order", resume=True)
     # AgentPromptFormat (ALFWorld, TextWorld, your own envs) takes environment, reasoning, lenient; AnswerPromptFormat
     # (math) and WordChoicePromptFormat take system; your own format (env.prompt_format) its own. The format checks
-    # them (a misspelt one fails with a close match); no + is needed: env.prompt.reasoning=false
+    # them (a misspelt one fails with a close match); set like a field: env.prompt.reasoning=false
     prompt: dict[str, Any] = option(
         help="options of the env's prompt format (env.prompt.<option>=...; unset: the format's default)", factory=dict
     )
@@ -143,8 +143,10 @@ def load_config(overrides: list[str] | None = None, config_dir: Path = CONFIG_DI
 
     register_schemas()
     GlobalHydra.instance().clear()
-    # env.prompt.<option> sets an option of the prompt format (a free-form dict): no + needed, as for a field
-    given = [f"++{o}" if o.startswith("env.prompt.") else o for o in overrides or []]
+    # a key inside a free-form dict (env.kwargs, env.prompt, algo.loss_kwargs) is set like a field, no + needed;
+    # what it names is checked by its owner (the env's signature, the prompt format, the loss) before weights load
+    free_form = tuple(f"{key}." for key, fact in field_facts().items() if isinstance(fact["default"], dict))
+    given = [f"++{o}" if o.startswith(free_form) else o for o in overrides or []]
     try:
         with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
             composed = compose(config_name="config", overrides=given)
@@ -182,11 +184,8 @@ def override_hint(detail: str, overrides: list[str]) -> str:
     if missing:
         full = missing.group(2) if missing.lastindex == 2 else missing.group(1)
         defaults = flatten(config_dict(Config()))
-        parent = full.rpartition(".")[0]
         if full in MOVED_KEYS:
             hints.append(f"{full} is now {MOVED_KEYS[full]} (the exploration group)")
-        elif isinstance(defaults.get(parent), dict):  # a free-form dict (env.kwargs, algo.loss_kwargs, …)
-            hints.append(f"a new key of {parent} takes a +: +{full}=...")
         else:
             close = difflib.get_close_matches(full, sorted(defaults), n=1, cutoff=0.6)
             if close and close[0] != full:

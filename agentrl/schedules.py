@@ -106,15 +106,31 @@ class PController:
         kl_target: float = 0.02,
         kl_gain: float = 0.2,
     ) -> None:
-        problems = controller_problems(
-            rule, low, high, max_step, ess_target, ess_gain, dispersion_scale, kl_target, kl_gain
-        )
-        if problems:
-            raise ConfigError("; ".join(problems))
         self.rule, self.low, self.high, self.max_step = rule, low, high, max_step
         self.ess_target, self.ess_gain, self.dispersion_scale = ess_target, ess_gain, dispersion_scale
         self.kl_target, self.kl_gain = kl_target, kl_gain
+        problems = self._problems()
+        if problems:
+            raise ConfigError("; ".join(problems))
         self._p = min(high, max(low, p_start))
+
+    def _problems(self) -> list[str]:
+        """What is wrong with the controller's settings (empty: nothing)."""
+        problems = []
+        if self.rule not in self.INPUTS:
+            problems.append(f"adaptive p rule {self.rule!r} is not one of {sorted(self.INPUTS)}")
+        low, high = self.low, self.high
+        if not (math.isfinite(low) and math.isfinite(high) and low < high):
+            problems.append(f"adaptive p needs a finite range low < high, got [{low}, {high}] (set p_min and p_max)")
+        for name in ("max_step", "ess_gain", "dispersion_scale", "kl_target", "kl_gain"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                problems.append(f"adaptive p {name} must be a finite number > 0, got {value}")
+        if not 0 < self.ess_target <= 1:
+            problems.append(
+                f"adaptive p ess_target must be in (0, 1] (a fraction of the tokens), got {self.ess_target}"
+            )
+        return problems
 
     def p(self, iteration: int) -> float:
         return self._p
@@ -151,29 +167,3 @@ class PController:
                 "it was written by a run with another algo.p_schedule; resume it with that schedule"
             )
         self._p = float(state["p"])
-
-
-def controller_problems(
-    rule: str,
-    low: float,
-    high: float,
-    max_step: float,
-    ess_target: float,
-    ess_gain: float,
-    scale: float,
-    kl_target: float = 0.02,
-    kl_gain: float = 0.2,
-) -> list[str]:
-    """What is wrong with an adaptive controller's settings (empty: nothing)."""
-    problems = []
-    if rule not in PController.INPUTS:
-        problems.append(f"adaptive p rule {rule!r} is not one of {sorted(PController.INPUTS)}")
-    if not (math.isfinite(low) and math.isfinite(high) and low < high):
-        problems.append(f"adaptive p needs a finite range low < high, got [{low}, {high}] (set p_min and p_max)")
-    positive = (("max_step", max_step), ("ess_gain", ess_gain), ("dispersion_scale", scale))
-    for name, value in (*positive, ("kl_target", kl_target), ("kl_gain", kl_gain)):
-        if not (math.isfinite(value) and value > 0):
-            problems.append(f"adaptive p {name} must be a finite number > 0, got {value}")
-    if not 0 < ess_target <= 1:
-        problems.append(f"adaptive p ess_target must be in (0, 1] (a fraction of the tokens), got {ess_target}")
-    return problems

@@ -40,7 +40,7 @@ def no_weights(monkeypatch):
     def boom(*a, **k):
         raise AssertionError("weights were loaded before validation")
 
-    monkeypatch.setattr("agentrl.policies.models.load_model", boom)
+    monkeypatch.setattr("agentrl.components.load_model", boom)  # the name the trainer calls
 
 
 def test_misspelt_loss_option_and_bad_agg_rejected_before_weights_load(no_weights, tmp_path):
@@ -100,6 +100,8 @@ def test_keys_added_with_a_plus_outside_free_form_dicts_are_refused_not_dropped(
     assert load_config(["+env.prompt.style=terse"]).env.prompt == {"style": "terse"}  # free-form: kept
     cfg = load_config(["experiment=alfworld_paper", "env.prompt.lenient=true", "env.prompt.reasoning=false"])
     assert cfg.env.prompt == {"lenient": True, "reasoning": False}  # no + needed
+    cfg = load_config(["env=math", "env.kwargs.data_path=x.jsonl", "algo.loss_kwargs.agg=token-mean"])
+    assert cfg.env.kwargs["data_path"] == "x.jsonl" and cfg.algo.loss_kwargs == {"agg": "token-mean"}  # every dict
     cfg = load_config(["env=alfworld", "env.prompt.lenent=true"])
     with pytest.raises(ConfigError, match="lenent.*did you mean 'lenient'"):
         validate_config(cfg, resources=False)
@@ -241,9 +243,9 @@ def test_wheel_ships_only_the_agentrl_package(tmp_path):
 
 
 def test_machine_dependent_mistakes_are_reported_together_before_weights_load(tmp_path, monkeypatch):
-    import agentrl.policies.models as models
-
-    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("weights loaded"))
+    # the name the trainer calls (agentrl.components imports it when first imported, so patching
+    # agentrl.policies.models.load_model would miss it once components is loaded, and leak into modules imported now)
+    monkeypatch.setattr("agentrl.components.load_model", lambda *a, **k: pytest.fail("weights loaded"))
     data = tmp_path / "bad.jsonl"
     data.write_text('{"problem": "1+1?", "answer": "2"}\n{"problem": ')
     panel = tmp_path / "panel.json"

@@ -289,9 +289,9 @@ def test_garbage_in_every_checkpoint_is_refused_with_the_reasons(tmp_path):
 
 
 def test_non_finite_settings_are_all_rejected_before_weights_load(tmp_path, monkeypatch):
-    import agentrl.policies.models as models
-
-    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("weights loaded"))
+    # the name the trainer calls (agentrl.components imports it when first imported, so patching
+    # agentrl.policies.models.load_model would miss it once components is loaded, and leak into modules imported now)
+    monkeypatch.setattr("agentrl.components.load_model", lambda *a, **k: pytest.fail("weights loaded"))
     bad = ["learner.lr=nan", "learner.max_grad_norm=inf", "algo.clip_low=-1", "exploration.temperature=nan"]
     with pytest.raises(ConfigError) as err:
         trainer_module.train(_cfg(tmp_path, *bad))

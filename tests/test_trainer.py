@@ -116,7 +116,7 @@ def test_bad_config_fails_before_weights_load(monkeypatch, tmp_path):
     def boom(*a, **k):
         raise AssertionError("weights were loaded before validation")
 
-    monkeypatch.setattr("agentrl.policies.models.load_model", boom)
+    monkeypatch.setattr("agentrl.components.load_model", boom)  # the name the trainer calls
     cfg = load_config(
         [
             "env.id=agentrl/CueBandt-v0",
