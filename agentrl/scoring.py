@@ -249,12 +249,14 @@ def _body_forward(body: torch.nn.Module, batch: Batch, prefix: FrozenPrefix | No
     full forward on its first use), else the full forward, filling the cache when there is one."""
     if prefix is not None and prefix.has(batch.index):
         cached = prefix.top(body, batch.index, batch.attention_mask)
-        if not prefix.checked:
-            with torch.no_grad():
-                full = body(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
-            prefix.check(full, cached, batch.attention_mask)
-        return cached
-    if prefix is None:
+        if prefix.checked:
+            return cached
+        with torch.no_grad():
+            full = body(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
+        if prefix.check(full, cached, batch.attention_mask):
+            return cached
+        prefix = None  # the check failed and turned the cache off: this batch (with gradients) and the rest in full
+    if prefix is None or prefix.disabled:
         return body(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
     with prefix.capture(body, batch.index, batch.attention_mask.sum(-1).tolist()):
         return body(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state

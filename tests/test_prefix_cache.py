@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from agentrl.algo import AlgoConfig
-from agentrl.errors import ConfigError
 from agentrl.learner import Learner, LearnerConfig
 from agentrl.policies.lora import LoraSpec
 from agentrl.policies.models import ModelSpec, load_model
@@ -76,10 +75,39 @@ def test_the_cache_is_off_when_it_cannot_act_and_checks_itself():
     assert Learner(_model([-1])[0], LearnerConfig(epochs=1, frozen_prefix_cache=True))._prefix is None  # one pass
     prefix = FrozenPrefix(1)
     full, mask = torch.randn(2, 5, 8), torch.ones(2, 5, dtype=torch.long)
-    prefix.check(full, full + 1e-4, mask)
-    assert prefix.checked
-    with pytest.raises(ConfigError, match="frozen_prefix_cache=false"):
-        FrozenPrefix(1).check(full, full * 1.5, mask)
+    assert prefix.check(full, full + 1e-4, mask) and prefix.checked and not prefix.disabled
+    wrong = FrozenPrefix(1)
+    wrong.states[0] = full[0]
+    with pytest.warns(UserWarning, match="the cache is off for the rest of the run"):
+        assert not wrong.check(full, full * 1.5, mask)
+    assert wrong.disabled and not wrong.states and not wrong.has([0])
+
+
+def test_a_failed_check_turns_the_cache_off_and_the_update_is_the_one_without_it(monkeypatch):
+    """A cached path that fails its check (forced here: tolerance below 0) is not used: the run goes on with full
+    forwards, and the update equals the cache-off one (not the cached one, not a crash)."""
+    import agentrl.prefix_cache as prefix_cache
+
+    model, tok = _model([-1, -2])
+    samples = random_samples(12, len(tok), seed=7, max_len=40)
+    results = []
+    for cache in (False, True):
+        m = copy.deepcopy(model)
+        cfg = LearnerConfig(lr=1e-2, mini_batches=3, epochs=3, micro_batch_tokens=120, frozen_prefix_cache=cache)
+        learner = Learner(m, cfg)
+        monkeypatch.setattr(prefix_cache, "CHECK_RTOL", -1.0)
+        if cache:
+            with pytest.warns(UserWarning, match="the cache is off"):
+                metrics = learner.update(samples, p=0.5)
+            assert learner._prefix is not None and learner._prefix.disabled
+            metrics = [metrics, learner.update(samples, p=0.5)]  # a second update: no check, no warning, no cache
+        else:
+            metrics = [learner.update(samples, p=0.5), learner.update(samples, p=0.5)]
+        results.append(([p.detach().clone() for p in m.parameters() if p.requires_grad], metrics))
+    (w0, m0), (w1, m1) = results
+    for a, b in zip(w0, w1):
+        assert torch.equal(a, b)
+    assert [m["train/loss"] for m in m0] == [m["train/loss"] for m in m1]
 
 
 def test_the_check_passes_under_bf16_autocast():
