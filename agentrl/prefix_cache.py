@@ -70,9 +70,6 @@ class FrozenPrefix:
     @contextlib.contextmanager
     def capture(self, body: torch.nn.Module, index: list[int], lengths: list[int]) -> Iterator[None]:
         """Inside the block, the forward's input to layer `start` is kept for the rows `index` (real tokens only)."""
-        if self.disabled:
-            yield
-            return
 
         def keep(module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
             hidden = args[0] if args else kwargs["hidden_states"]
