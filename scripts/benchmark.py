@@ -4,6 +4,7 @@
     python scripts/benchmark.py                         # SmolLM2-135M-Instruct, a few minutes per section on 2 cores
     python scripts/benchmark.py --sections learner loss --out bench.json
     python scripts/benchmark.py --gpu                   # on a GPU: random-init Qwen2.5-0.5B / 1.5B shapes, bf16
+    python scripts/gpu_profile.py                       # on a GPU: where one learner update's time goes (1.5B)
 
 Sections:
   peak     large fp32 and bf16 matmuls: this machine's achievable FLOP/s
@@ -52,6 +53,7 @@ import torch
 from agentrl.algo import AlgoConfig
 from agentrl.learner import Learner, LearnerConfig
 from agentrl.losses import POLICY_LOSSES
+from agentrl.prefix_cache import decoder_body
 from agentrl.scoring import collate, length_grouped
 from agentrl.types import Sample
 
@@ -646,6 +648,32 @@ def _trl_iterations(quick: bool, steps: int) -> dict[str, list[float]]:
     return times
 
 
+def forward_flops(model: torch.nn.Module, samples: list[Sample], rows: list[int]) -> float:
+    """Model FLOPs of one forward over `rows`: body matmuls, the LM head on action positions, causal attention."""
+    cfg = model.config
+    body = sum(p.numel() for p in decoder_body(model).layers.parameters() if p.dim() == 2)
+    head = cfg.vocab_size * cfg.hidden_size
+    flops = 0.0
+    for i in rows:
+        n = len(samples[i].input_ids)
+        flops += 2 * body * n + 2 * head * samples[i].num_action_tokens
+        flops += 2 * cfg.num_hidden_layers * n * n * cfg.hidden_size  # QKᵀ and AV, causal half of each
+    return flops
+
+
+def update_flops(learner: Learner, samples: list[Sample]) -> float:
+    """Model FLOPs of `learner.update(samples)` with π_old recomputed: forward + backward (3 forwards) over every
+    row, and the no-grad π_old forward over the rows of the steps after the first: the steps the next update will
+    plan (the shuffle generator is put back as it was)."""
+    state = learner.shuffle.get_state()
+    steps = learner.plan(len(samples))
+    learner.shuffle.set_state(state)
+    later = sorted({i for step in steps[1:] for i in step})
+    return 3 * forward_flops(learner.model, samples, list(range(len(samples)))) + forward_flops(
+        learner.model, samples, later
+    )
+
+
 def gpu_bench(device: str = "cuda", shapes: dict[str, dict[str, int]] | None = None) -> dict[str, Any]:
     """Random-init Qwen2.5-0.5B / 1.5B shapes in bf16 (built from a config: nothing is downloaded): learner
     tokens/s and MFU against the card's measured bf16 matmul rate, generation tokens/s with transformers.
@@ -674,6 +702,7 @@ def gpu_bench(device: str = "cuda", shapes: dict[str, dict[str, int]] | None = N
         samples = alfworld_batch(151936, 64 if cuda else 4, quick=not cuda)
         learner = Learner(model, LearnerConfig(lr=1e-7, micro_batch_tokens=16384), precision="bf16")
         learner.update(samples, p=1.0)  # warm-up
+        flops = update_flops(learner, samples)
         sync()
         started = time.perf_counter()
         learner.update(samples, p=1.0)
@@ -701,11 +730,12 @@ def gpu_bench(device: str = "cuda", shapes: dict[str, dict[str, int]] | None = N
             "learner_tokens_per_s": tokens / seconds,
             "update_s": seconds,
             "update_tokens": tokens,
-            "mfu_vs_bf16_peak": 8 * params * tokens / seconds / (out["matmul_bf16_gflops"] * 1e9),
+            "mfu_vs_bf16_peak": flops / seconds / (out["matmul_bf16_gflops"] * 1e9),
             "generation_tokens_per_s": len(prompts) * new_tokens / gen_s,
             "generation_batch": len(prompts),
-            "note": "update = old-logprob forward (2·P·T) + forward/backward (6·P·T) = 8·P·T FLOPs; generation: "
-            "transformers generate, bf16 autocast, 256-token prompts, 128 new tokens",
+            "note": "MFU counts the update's model FLOPs (update_flops: the LM head on action tokens only, causal "
+            "attention, π_old over the second step's rows); generation: transformers generate, bf16 autocast, "
+            "256-token prompts, 128 new tokens",
         }
         if cuda:
             out[label]["max_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
