@@ -255,7 +255,7 @@ def _body_forward(body: torch.nn.Module, batch: Batch, prefix: FrozenPrefix | No
             full = body(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
         if prefix.check(full, cached, batch.attention_mask):
             return cached
-        prefix = None  # the check failed and turned the cache off: this batch (with gradients) and the rest in full
+    # no cache, or a failed check disabled it: this batch (with gradients) and the rest run in full
     if prefix is None or prefix.disabled:
         return body(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
     with prefix.capture(body, batch.index, batch.attention_mask.sum(-1).tolist()):

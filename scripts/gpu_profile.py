@@ -48,7 +48,7 @@ from agentrl.learner import Learner, LearnerConfig
 from agentrl.prefix_cache import decoder_body
 from agentrl.scoring import collate, length_grouped
 from agentrl.types import Sample
-from scripts.benchmark import alfworld_batch, matmul_peak_bf16, update_flops
+from scripts.benchmark import alfworld_batch, matmul_peak_bf16, timeit, update_flops
 
 QWEN_1_5B = dict(
     hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2
@@ -73,17 +73,8 @@ def sync(device: torch.device) -> None:
 
 
 def timed(fn: Callable[[], Any], device: torch.device, repeat: int = 3, warmup: int = 1) -> float:
-    """Median wall seconds of `fn`, synchronised before and after each call."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        sync(device)
-        started = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+    """Median wall seconds of `fn` (benchmark.timeit), each call ending with a device synchronisation."""
+    return timeit(lambda: (fn(), sync(device)), repeat=repeat, warmup=warmup)
 
 
 def body_forward_backward(model: torch.nn.Module, batches: list, autocast: bool) -> None:
