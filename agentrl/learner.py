@@ -59,6 +59,12 @@ class LearnerConfig:
     micro_batch_tokens: int = option(4096, "padded tokens per forward/backward", resume=True)
     logprob_chunk: int = option(1024, "action positions per LM-head chunk", resume=True)
     kl_coef: float = option(0.0, "k3 KL to the frozen reference (verl's kl_loss_coef)")
+    # PPO's early stop (Stable-Baselines3, Spinning Up): before each optimizer step after the first, the mini-batch's
+    # approximate KL to π_old (the loss's ppo_kl, every rank together) is read; above 1.5 · target_kl the step and
+    # the rest of the update are skipped, so one update cannot carry the policy far from the one that sampled.
+    target_kl: float | None = option(
+        None, "stop an update once its approximate KL to π_old exceeds 1.5 × this; None: off", resume=True
+    )
     entropy_coef: float = option(0.0, "entropy bonus: loss −= coef · token-mean entropy")
     activation_checkpointing: bool = option(
         False, "recompute each decoder layer in backward (less memory)", resume=True
@@ -91,6 +97,8 @@ class LearnerConfig:
         for name in ("lr", "max_grad_norm"):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
                 problems.append(f"learner.{name} must be a finite number > 0, got {getattr(self, name)}")
+        if self.target_kl is not None and not (math.isfinite(self.target_kl) and self.target_kl > 0):
+            problems.append(f"learner.target_kl must be a finite number > 0 or null (off), got {self.target_kl}")
         for name in ("weight_decay", "kl_coef", "entropy_coef"):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
                 problems.append(f"learner.{name} must be a finite number >= 0, got {getattr(self, name)}")
@@ -321,9 +329,14 @@ class Learner:
             old = self.old_log_probs(samples, steps)
             ref = self.reference_log_probs(samples) if self.ref_model is not None else None
             acc = MetricAccumulator()
+            taken = 0
             for k, rows in enumerate(steps):
                 self._step_desc = f"update step {k + 1}/{len(steps)}"
-                acc.add(self._optimizer_step(samples, rows, None if k == 0 else old, ref, p))
+                metrics, stop = self._optimizer_step(samples, rows, None if k == 0 else old, ref, p)
+                acc.add(metrics)
+                if stop:
+                    break
+                taken += 1
         finally:
             self._active_prefix = None
             if self._prefix is not None:
@@ -338,7 +351,8 @@ class Learner:
             {
                 "train/p": p,
                 "train/skipped_steps": float(self.skipped_steps),
-                "train/optimizer_steps": float(len(steps)),
+                "train/optimizer_steps": float(taken),
+                "train/kl_stopped_steps": float(len(steps) - taken),
                 "train/action_tokens": float(action_tokens),
                 "train/action_token_frac": action_tokens / max(total_tokens, 1),
             }
@@ -449,9 +463,24 @@ class Learner:
             return batch.advantages
         return batch.advantages * batch.temperature
 
-    def _optimizer_step(self, samples, rows, old, ref, p: float) -> dict[str, float]:
+    def _kl_exceeded(self, metrics: dict[str, float], rows: list[int]) -> bool:
+        """Whether this mini-batch's approximate KL to π_old (rank-weighted by rows) is above 1.5 · target_kl."""
+        if "ppo_kl" not in metrics and rows:
+            raise RuntimeError(
+                f"learner.target_kl needs the loss to report ppo_kl; loss {self.algo.loss!r} does not: "
+                "set learner.target_kl=null or add ppo_kl to its metrics (agentrl.losses.common.ratio_metrics)"
+            )
+        kl_sum, count = distributed.all_sum([metrics.get("ppo_kl", 0.0) * len(rows), float(len(rows))])
+        return count > 0 and kl_sum / count > 1.5 * self.cfg.target_kl
+
+    def _optimizer_step(self, samples, rows, old, ref, p: float) -> tuple[dict[str, float], bool]:
+        """One optimizer step over `rows`; returns its metrics and whether learner.target_kl stopped the update (the
+        step is then not taken: its gradients are dropped)."""
         # the entropy metric is measured on the first step's rows (the policy before this update): one pass's worth
         total_loss, metrics, padded = self.accumulate_gradients(samples, rows, old, ref, p, measure_entropy=old is None)
+        if old is not None and self.cfg.target_kl is not None and self._kl_exceeded(metrics, rows):
+            self.optimizer.zero_grad(set_to_none=True)
+            return metrics, True
         # sharded (DTensor) gradients: the norm is the global one, and every rank clips by it
         grad_norm = float(distributed.full_value(torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)))
         (total_loss,) = distributed.all_sum([total_loss])
@@ -464,7 +493,7 @@ class Learner:
         self.optimizer.zero_grad(set_to_none=True)
         real_tokens = sum(len(samples[i].input_ids) for i in rows)
         metrics.update(loss=total_loss, grad_norm=grad_norm, padding_frac=1.0 - real_tokens / max(padded, 1))
-        return metrics
+        return metrics, False
 
     def state_dict(self, optimizer: bool = True) -> dict[str, Any]:
         """The learner's state; `optimizer=False` leaves the optimizer out (a sharded run saves it with Distributed

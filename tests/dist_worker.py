@@ -6,6 +6,8 @@ equal   each rank trains on its share (rows rank::world) of 8 fixed samples: 2 o
         epochs, so the second step is off-policy); rank 0 writes the full weights and metrics
 uneven  rank 0 has 7 samples, rank 1 one; 4 rows per optimizer step over both ranks, so 2 per rank (4 steps vs 1),
         small micro-batches
+kl_stop as uneven at lr 0.5 with learner.target_kl=1e-9: the KL read after the first step stops the update on
+        both ranks alike (rank 1 has no rows then, and still joins the decision)
 nan     rank 1's advantages are NaN: every step must be skipped on both ranks
 lora    as equal, on a model with LoRA adapters (rank 4): only adapters train, sharded with the frozen base
 eval    the trainer's components for experiment=cuebandit (sharded learner, unsharded generation copy): greedy
@@ -72,8 +74,10 @@ def main(scenario: str, out: Path) -> None:
     if scenario in ("equal", "lora"):
         cfg = LearnerConfig(lr=1e-2, mini_batches=1, epochs=2, micro_batch_tokens=48)
         mine = every[place.rank :: place.world]
-    elif scenario == "uneven":
+    elif scenario in ("uneven", "kl_stop"):
         cfg = LearnerConfig(lr=1e-2, mini_batch_size=4, micro_batch_tokens=24)
+        if scenario == "kl_stop":
+            cfg = LearnerConfig(lr=0.5, mini_batch_size=4, micro_batch_tokens=24, target_kl=1e-9)
         mine = every[:7] if place.rank == 0 else every[7:]
     else:
         cfg = LearnerConfig(lr=1e-2, mini_batches=1, epochs=2)
@@ -90,6 +94,7 @@ def main(scenario: str, out: Path) -> None:
         "grad_norm": metrics.get("train/grad_norm"),
         "skipped_steps": learner.skipped_steps,
         "optimizer_steps": learner.optimizer_steps,
+        "kl_stopped_steps": metrics.get("train/kl_stopped_steps"),
         "moved": max(float((weights[n] - before[n]).abs().max()) for n in weights),
         "base_moved": max(float((weights[n] - before[n]).abs().max()) for n in weights if ".lora_" not in n),
     }

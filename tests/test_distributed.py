@@ -91,6 +91,12 @@ def test_uneven_shares_do_not_hang(tmp_path):
     assert [r["optimizer_steps"] for r in ranks] == [4, 4]  # rank 1's single row, then three padding steps
 
 
+def test_target_kl_stops_every_rank_at_the_same_step(tmp_path):
+    ranks = _launch("kl_stop", 2, tmp_path, timeout=240)
+    # the KL of step 2 is rank 0's rows alone (rank 1 holds none then): both ranks take step 1 only
+    assert [(r["optimizer_steps"], r["kl_stopped_steps"]) for r in ranks] == [(1, 3), (1, 3)]
+
+
 def test_a_nan_on_one_rank_skips_the_step_on_every_rank(tmp_path):
     ranks = _launch("nan", 2, tmp_path)
     for rank in ranks:
