@@ -308,3 +308,13 @@ def test_target_kl_takes_exactly_the_first_step_when_stopped_at_the_second():
 @pytest.mark.parametrize("value", [0.0, -0.1, float("nan")])
 def test_target_kl_must_be_positive(value):
     assert any("learner.target_kl" in problem for problem in LearnerConfig(target_kl=value).validate())
+
+
+def test_adamw_is_fused_on_cuda_only():
+    """The fused kernel where it was measured faster (CUDA); CPU keeps torch's default, which its curves used."""
+    from agentrl.learner import fused_adamw
+
+    assert fused_adamw(torch.device("cuda", 0)) is True
+    assert fused_adamw(torch.device("cpu")) is None
+    model, _ = make_tiny()
+    assert Learner(model, LearnerConfig()).optimizer.defaults["fused"] is None
