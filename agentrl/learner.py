@@ -338,14 +338,14 @@ class Learner:
             old = self.old_log_probs(samples, steps)
             ref = self.reference_log_probs(samples) if self.ref_model is not None else None
             acc = MetricAccumulator()
-            taken = 0
+            kl_stopped = 0  # steps learner.target_kl left out
             for k, rows in enumerate(steps):
                 self._step_desc = f"update step {k + 1}/{len(steps)}"
                 metrics, stop = self._optimizer_step(samples, rows, None if k == 0 else old, ref, p)
                 acc.add(metrics)
                 if stop:
+                    kl_stopped = len(steps) - k
                     break
-                taken += 1
         finally:
             self._active_prefix = None
             if self._prefix is not None:
@@ -360,8 +360,8 @@ class Learner:
             {
                 "train/p": p,
                 "train/skipped_steps": float(self.skipped_steps),
-                "train/optimizer_steps": float(taken),
-                "train/kl_stopped_steps": float(len(steps) - taken),
+                "train/optimizer_steps": float(len(steps) - kl_stopped),
+                "train/kl_stopped_steps": float(kl_stopped),
                 "train/action_tokens": float(action_tokens),
                 "train/action_token_frac": action_tokens / max(total_tokens, 1),
             }

@@ -75,9 +75,10 @@ def main(scenario: str, out: Path) -> None:
         cfg = LearnerConfig(lr=1e-2, mini_batches=1, epochs=2, micro_batch_tokens=48)
         mine = every[place.rank :: place.world]
     elif scenario in ("uneven", "kl_stop"):
-        cfg = LearnerConfig(lr=1e-2, mini_batch_size=4, micro_batch_tokens=24)
-        if scenario == "kl_stop":
-            cfg = LearnerConfig(lr=0.5, mini_batch_size=4, micro_batch_tokens=24, target_kl=1e-9)
+        stop = scenario == "kl_stop"
+        cfg = LearnerConfig(
+            lr=0.5 if stop else 1e-2, mini_batch_size=4, micro_batch_tokens=24, target_kl=1e-9 if stop else None
+        )
         mine = every[:7] if place.rank == 0 else every[7:]
     else:
         cfg = LearnerConfig(lr=1e-2, mini_batches=1, epochs=2)
